@@ -1,0 +1,1 @@
+"""Export stage: ONNX that ATC accepts, simplified, linted, with an onnxruntime reference."""

@@ -1,0 +1,1 @@
+"""Training stage: teachers, knowledge-distilled students, baselines."""
