@@ -25,6 +25,8 @@ class DataConfig:
     dir: str = ""  # folder with the official files; empty: download into the cache (mnist-sample is embedded)
     batch_size: int = 128
     augment: bool = False  # random crop + flip (CIFAR-10); turns off the teacher-logit cache
+    train_limit: int = 0  # use only the first N training images (0: all); for smoke tests and quick looks
+    test_limit: int = 0  # likewise for the test images
 
 
 @dataclass

@@ -1,0 +1,168 @@
+"""Knowledge distillation (Hinton, Vinyals & Dean 2015) and the one training loop every phase uses.
+
+Loss for the student:  alpha * T^2 * KL(p_teacher^T || p_student^T) + (1 - alpha) * CE(student, y),
+where p^T = softmax(logits / T). The T^2 keeps the soft-target gradients on the same scale as the hard
+ones when T changes (Hinton §2). With augmentation off the teacher sees the same pixels every epoch, so
+its logits are computed once and indexed per batch: a KD epoch then costs what a plain epoch costs.
+
+The data lives on the device as one normalised tensor; a batch is an index slice of a permutation drawn
+from a seeded generator, whose state is checkpointed with the model so that `--resume` continues the
+exact same sequence.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from atlas.config import TrainConfig
+from atlas.errors import UserError
+from training import checkpoint
+
+
+@dataclass
+class Split:
+    images: torch.Tensor  # float32 NCHW, normalised, on the training device
+    labels: torch.Tensor  # int64
+
+
+@dataclass
+class KDSetup:
+    temperature: float
+    alpha: float
+    cached_logits: torch.Tensor | None = None  # teacher logits for every training image (augmentation off)
+    teacher: nn.Module | None = None  # run per batch when the pixels change every epoch (augmentation on)
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
+            temperature: float, alpha: float) -> torch.Tensor:
+    t = temperature
+    soft = F.kl_div(F.log_softmax(student_logits / t, dim=1), F.log_softmax(teacher_logits / t, dim=1),
+                    reduction="batchmean", log_target=True)
+    hard = F.cross_entropy(student_logits, labels)
+    return alpha * (t * t) * soft + (1.0 - alpha) * hard
+
+
+@torch.no_grad()
+def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    was_training = model.training
+    model.eval()
+    out = torch.cat([model(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
+    model.train(was_training)
+    return out
+
+
+def accuracy(model: nn.Module, split: Split) -> float:
+    return (predict(model, split.images).argmax(1) == split.labels).float().mean().item()
+
+
+def random_crop_flip(images: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
+    """CIFAR augmentation on a whole batch at once: random shifts of up to `pad` pixels and horizontal flips."""
+    b, _, h, w = images.shape
+    padded = F.pad(images, (pad, pad, pad, pad))
+    oy = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
+    ox = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
+    rows = (oy[:, None] + torch.arange(h))[:, :, None]  # b, h, 1
+    cols = (ox[:, None] + torch.arange(w))[:, None, :]  # b, 1, w
+    flip = torch.rand(b, generator=generator) < 0.5
+    cols = torch.where(flip[:, None, None], cols.flip(-1), cols)
+    out = padded[torch.arange(b)[:, None, None], :, rows.to(images.device), cols.to(images.device)]  # b, h, w, c
+    return out.permute(0, 3, 1, 2).contiguous()
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig, steps_per_epoch: int):
+    if cfg.optimizer == "sgd":
+        opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0,
+                              weight_decay=cfg.weight_decay)
+    elif cfg.optimizer in ("adam", "adamw"):
+        cls = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
+        opt = cls(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    else:
+        raise UserError(f"unknown optimizer '{cfg.optimizer}' (sgd, adam, adamw)")
+    total = max(1, cfg.epochs * steps_per_epoch)
+    if cfg.schedule == "onecycle":
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=0.25)
+    elif cfg.schedule == "cosine":
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
+    elif cfg.schedule == "constant":
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
+    else:
+        raise UserError(f"unknown schedule '{cfg.schedule}' (onecycle, cosine, constant)")
+    return opt, sched
+
+
+def fit(model: nn.Module, train: Split, test: Split, cfg: TrainConfig, *, batch_size: int, seed: int,
+        kd: KDSetup | None = None, augment: bool = False, state_path: Path | None = None, resume: bool = False,
+        desc: str = "train", progress: bool = True, log: Callable[[str], None] = print,
+        extra_loss: Callable[[nn.Module], torch.Tensor] | None = None) -> list[dict]:
+    """Train `model` for cfg.epochs; returns per-epoch history. Saves a resumable state after every epoch.
+
+    `extra_loss(model)` is added to every step's loss (the slimming L1 penalty uses it).
+    """
+    n = len(train.labels)
+    steps = (n + batch_size - 1) // batch_size
+    opt, sched = make_optimizer(model, cfg, steps)
+    generator = torch.Generator().manual_seed(seed)
+    history: list[dict] = []
+    start_epoch = 0
+    if resume and state_path is not None and state_path.exists():
+        state = checkpoint.load(state_path, expect_format=checkpoint.STATE_FORMAT)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        history, start_epoch = list(state["history"]), int(state["epoch"])
+        log(f"{desc}: resuming after epoch {start_epoch}/{cfg.epochs}")
+    teacher = kd.teacher if kd is not None else None
+    if teacher is not None:
+        teacher.eval()
+    for epoch in range(start_epoch, cfg.epochs):
+        model.train()
+        t0 = time.perf_counter()
+        perm = torch.randperm(n, generator=generator).to(train.images.device)
+        total_loss, correct = 0.0, 0
+        bar = tqdm(range(steps), desc=f"{desc} {epoch + 1}/{cfg.epochs}", leave=False, disable=not progress,
+                   unit="batch", mininterval=0.5)
+        for i in bar:
+            idx = perm[i * batch_size:(i + 1) * batch_size]
+            x, y = train.images[idx], train.labels[idx]
+            if augment:
+                x = random_crop_flip(x, generator)
+            logits = model(x)
+            if kd is None:
+                loss = F.cross_entropy(logits, y)
+            else:
+                if kd.cached_logits is not None:
+                    t_logits = kd.cached_logits[idx]
+                else:
+                    with torch.no_grad():
+                        t_logits = teacher(x)
+                loss = kd_loss(logits, t_logits, y, kd.temperature, kd.alpha)
+            if extra_loss is not None:
+                loss = loss + extra_loss(model)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total_loss += loss.item() * len(idx)
+            correct += (logits.argmax(1) == y).sum().item()
+        train_seconds = time.perf_counter() - t0
+        test_acc = accuracy(model, test)
+        history.append({"epoch": epoch + 1, "train_loss": total_loss / n, "train_acc": correct / n,
+                        "test_acc": test_acc, "seconds": train_seconds})
+        log(f"{desc} epoch {epoch + 1}/{cfg.epochs}: loss {total_loss / n:.4f}  test acc {100 * test_acc:.2f} %  "
+            f"({train_seconds:.1f} s)")
+        if state_path is not None:
+            checkpoint.save(state_path, {
+                "format": checkpoint.STATE_FORMAT, "epoch": epoch + 1, "history": history,
+                "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
+            })
+    return history

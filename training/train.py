@@ -1,0 +1,253 @@
+"""The training stage: teacher, then the KD student, then the same student without KD (the baseline).
+
+Writes into the run folder: config.json, teacher.pt, student.pt, baseline.pt, train.json, curves.png
+(and state/*.pt while a phase runs, so that `--resume` continues after a crash or kill -9).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from atlas.config import Config, add_config_arguments, config_from_args, default_run_dir
+from atlas.errors import UserError
+from atlas.fileio import write_json
+from training import checkpoint
+from training.data import Dataset, load_dataset, normalize
+from training.distill import KDSetup, Split, accuracy, fit, predict
+from training.models import build_model, count_parameters, make_arch
+
+PHASES = ("teacher", "student", "baseline")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown device '{name}' (auto, cpu, cuda, cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device '{name}' requested but CUDA is not available (use --device cpu)")
+    return device
+
+
+def to_splits(data: Dataset, device: torch.device) -> tuple[Split, Split]:
+    mean, std = data.info.mean, data.info.std
+
+    def split(images: np.ndarray, labels: np.ndarray) -> Split:
+        return Split(torch.from_numpy(normalize(images, mean, std)).to(device), torch.from_numpy(labels).to(device))
+
+    return split(data.train_images, data.train_labels), split(data.test_images, data.test_labels)
+
+
+def _check_config(cfg: Config) -> None:
+    for role in ("teacher", "student"):
+        spec = getattr(cfg, role)
+        make_arch(spec.model, (1, 28, 28), 10)  # validates the name early, before any data is read
+        if spec.epochs < 1:
+            raise UserError(f"{role}.epochs must be >= 1 (got {spec.epochs})")
+    if not 0.0 <= cfg.distill.alpha <= 1.0:
+        raise UserError(f"distill.alpha must be in [0, 1] (got {cfg.distill.alpha})")
+    if cfg.distill.temperature <= 0:
+        raise UserError(f"distill.temperature must be > 0 (got {cfg.distill.temperature})")
+    if cfg.data.batch_size < 1:
+        raise UserError(f"data.batch_size must be >= 1 (got {cfg.data.batch_size})")
+
+
+def _prepare_run_dir(cfg: Config, run_dir: Path, resume: bool) -> None:
+    config_path = run_dir / "config.json"
+    if resume and config_path.exists():
+        saved = json.loads(config_path.read_text())
+        if saved != cfg.to_dict():
+            changed = sorted(_diff_keys(saved, cfg.to_dict()))
+            raise UserError(f"{run_dir} was trained with a different config ({', '.join(changed)}); "
+                            "resume with the same options, or start a new --run")
+    if not resume:
+        for stale in (run_dir / "state").glob("*.pt") if (run_dir / "state").exists() else []:
+            stale.unlink()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(config_path, cfg.to_dict())
+
+
+def _diff_keys(a: dict, b: dict, prefix: str = "") -> set[str]:
+    keys = set()
+    for k in set(a) | set(b):
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            keys |= _diff_keys(va, vb, f"{prefix}{k}.")
+        elif va != vb:
+            keys.add(prefix + k)
+    return keys
+
+
+def train(cfg: Config, run_dir: str | Path, *, teacher_path: str | Path | None = None, resume: bool = False,
+          progress: bool = True, log=print) -> dict:
+    """Run the whole training stage; returns (and writes) the train.json summary."""
+    run_dir = Path(run_dir)
+    _check_config(cfg)
+    device = resolve_device(cfg.device)
+    started = time.perf_counter()
+    data = load_dataset(cfg.data.dataset, cfg.data.dir or None, progress=progress).limited(
+        cfg.data.train_limit, cfg.data.test_limit)
+    _prepare_run_dir(cfg, run_dir, resume)
+    train_split, test_split = to_splits(data, device)
+    dataset = data.info.to_dict()
+    config = cfg.to_dict()
+    results: dict[str, dict] = {}
+    models: dict[str, torch.nn.Module] = {}
+
+    def run_phase(role: str, spec, kd: KDSetup | None, seed_offset: int) -> None:
+        final = run_dir / f"{role}.pt"
+        arch = make_arch(spec.model, data.info.input_shape, data.info.num_classes)
+        if resume and final.exists():
+            model, payload = checkpoint.load_model(final, expect_arch=spec.model)
+            models[role], results[role] = model.to(device), payload["metrics"]
+            log(f"{role}: already trained ({final}), skipping")
+            return
+        torch.manual_seed(cfg.seed + seed_offset)  # same init for student and baseline (same offset)
+        model = build_model(arch).to(device)
+        history = fit(model, train_split, test_split, spec, batch_size=cfg.data.batch_size,
+                      seed=cfg.seed + 1000 + seed_offset, kd=kd, augment=cfg.data.augment,
+                      state_path=run_dir / "state" / f"{role}.pt", resume=resume, desc=role, progress=progress,
+                      log=log)
+        metrics = _phase_metrics(spec.model, model, history, test_split)
+        if kd is not None:
+            metrics["kd"] = {"temperature": kd.temperature, "alpha": kd.alpha,
+                             "teacher_logits_cached": kd.cached_logits is not None}
+        checkpoint.save(final, checkpoint.model_payload(model, arch, role, dataset, config, metrics))
+        (run_dir / "state" / f"{role}.pt").unlink(missing_ok=True)
+        models[role], results[role] = model, metrics
+
+    # Teacher: trained here, or reused from --teacher (copied in so the run folder stands alone).
+    if teacher_path is not None:
+        teacher, payload = checkpoint.load_model(teacher_path)
+        if payload["dataset"].replace("-sample", "") != cfg.data.dataset.replace("-sample", "") or \
+                list(payload["input_shape"]) != list(data.info.input_shape):
+            raise UserError(f"{teacher_path}: teacher was trained on {payload['dataset']} "
+                            f"{payload['input_shape']}, this run uses {cfg.data.dataset} {list(data.info.input_shape)}")
+        teacher = teacher.to(device)
+        metrics = {**payload["metrics"], "accuracy": accuracy(teacher, test_split), "reused_from": str(teacher_path)}
+        checkpoint.save(run_dir / "teacher.pt", {**payload, "metrics": metrics})
+        models["teacher"], results["teacher"] = teacher, metrics
+        log(f"teacher: reusing {teacher_path} ({payload['arch']['name']}, {100 * metrics['accuracy']:.2f} % here)")
+    else:
+        run_phase("teacher", cfg.teacher, None, seed_offset=0)
+
+    teacher = models["teacher"].eval()
+    cached = None if cfg.data.augment else predict(teacher, train_split.images)
+    kd = KDSetup(cfg.distill.temperature, cfg.distill.alpha, cached_logits=cached,
+                 teacher=teacher if cfg.data.augment else None)
+    run_phase("student", cfg.student, kd, seed_offset=1)
+    if cfg.distill.baseline:
+        run_phase("baseline", cfg.student, None, seed_offset=1)
+
+    summary = _summary(cfg, data, results, device, time.perf_counter() - started)
+    write_json(run_dir / "train.json", summary)
+    _plot_curves(run_dir / "curves.png", results)
+    log(format_summary(summary))
+    return summary
+
+
+def _phase_metrics(name: str, model: torch.nn.Module, history: list[dict], test: Split) -> dict:
+    return {"model": name, "params": count_parameters(model), "accuracy": accuracy(model, test),
+            "epochs": len(history), "epoch_seconds": [h["seconds"] for h in history], "history": history}
+
+
+def _summary(cfg: Config, data: Dataset, results: dict, device, wall: float) -> dict:
+    teacher, student = results["teacher"], results["student"]
+    baseline = results.get("baseline")
+    summary = {
+        "run": cfg.name,
+        "dataset": {**data.info.to_dict(), "train_count": int(len(data.train_labels)),
+                    "test_count": int(len(data.test_labels)), "source": data.source},
+        "device": str(device), "threads": torch.get_num_threads(), "seed": cfg.seed,
+        "teacher": teacher, "student": student, "baseline": baseline,
+        "distillation": {
+            "param_ratio": student["params"] / teacher["params"],
+            "gap_to_teacher": teacher["accuracy"] - student["accuracy"],
+            "kd_gain": None if baseline is None else student["accuracy"] - baseline["accuracy"],
+        },
+        "timing": {"wall_s": wall,
+                   "train_s": sum(sum(r.get("epoch_seconds", [])) for r in results.values() if r)},
+    }
+    if baseline is not None and student.get("epoch_seconds") and baseline.get("epoch_seconds"):
+        kd_epoch = float(np.median(student["epoch_seconds"]))
+        plain_epoch = float(np.median(baseline["epoch_seconds"]))
+        summary["timing"].update(kd_epoch_median_s=kd_epoch, plain_epoch_median_s=plain_epoch,
+                                 kd_over_plain=kd_epoch / plain_epoch)
+    return summary
+
+
+def format_summary(summary: dict) -> str:
+    rows = [("", "model", "params", "test acc", "epochs", "train s")]
+    for role in PHASES:
+        r = summary.get(role)
+        if r:
+            rows.append((role, r["model"], f"{r['params']:,}", f"{100 * r['accuracy']:.2f} %",
+                         str(r["epochs"]), f"{sum(r.get('epoch_seconds', [])):.1f}"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.rjust(w) if i >= 2 else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths)))
+             for row in rows]
+    d = summary["distillation"]
+    gain = "n/a" if d["kd_gain"] is None else f"{100 * d['kd_gain']:+.2f} pts"
+    lines.append(f"KD gain over baseline {gain}; gap to teacher {100 * d['gap_to_teacher']:.2f} pts; "
+                 f"student/teacher params {d['param_ratio']:.4f}")
+    t = summary["timing"]
+    ratio = f"; KD/plain epoch time {t['kd_over_plain']:.2f}" if "kd_over_plain" in t else ""
+    lines.append(f"{summary['dataset']['name']}: {summary['dataset']['train_count']} train / "
+                 f"{summary['dataset']['test_count']} test images on {summary['device']}; "
+                 f"training {t['train_s']:.1f} s, wall {t['wall_s']:.1f} s{ratio}")
+    return "\n".join(lines)
+
+
+def _plot_curves(path: Path, results: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from atlas.fileio import atomic_path
+
+    fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(10, 4))
+    for role in PHASES:
+        history = (results.get(role) or {}).get("history") or []
+        if not history:
+            continue
+        epochs = [h["epoch"] for h in history]
+        ax_acc.plot(epochs, [100 * h["test_acc"] for h in history], marker="o", label=f"{role} ({results[role]['model']})")
+        ax_loss.plot(epochs, [h["train_loss"] for h in history], marker="o", label=role)
+    ax_acc.set(xlabel="epoch", ylabel="test accuracy (%)", title="test accuracy")
+    ax_loss.set(xlabel="epoch", ylabel="training loss", title="training loss (KD loss for the student)", yscale="log")
+    for ax in (ax_acc, ax_loss):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+
+
+# --- CLI -------------------------------------------------------------------------------------------------
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--run", metavar="DIR", help="run folder (default runs/<config name>)")
+    parser.add_argument("--teacher", metavar="PATH", help="reuse a trained teacher checkpoint instead of training one")
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted run from its last epoch")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_config_arguments(parser)
+    parser.add_argument("--dataset", dest="cfg:data.dataset", metavar="NAME", help="alias of --data-dataset")
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args, run_dir=None)
+    run_dir = Path(args.run) if args.run else default_run_dir(cfg)
+    train(cfg, run_dir, teacher_path=args.teacher, resume=args.resume,
+          progress=not args.no_progress and sys.stderr.isatty())
+    print(f"wrote {run_dir}/{{teacher,student,baseline}}.pt, train.json, curves.png")
+    return 0
