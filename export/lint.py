@@ -1,0 +1,1155 @@
+"""`atlas-kd lint MODEL.onnx`: check any ONNX file against what the ATC of CANN 5.x accepts for Ascend 310.
+
+Target: `atc --framework=5 --soc_version=Ascend310` of the Atlas 200 DK's CANN 5.x (at most 5.1.RC2). Every rule
+cites ../shared/spec/atc.md as "spec §N"; where the spec is unsure or silent, the finding says so instead of guessing.
+The model is parsed without its external data, and no path outside the model's folder is ever opened.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+from collections import Counter, deque
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+import onnx
+from google.protobuf.descriptor import FieldDescriptor
+from onnx import AttributeProto, TensorProto, helper, numpy_helper
+
+ERROR = "error"
+WARNING = "warning"
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One problem: which rule, how bad, what it concerns, what is wrong and how to fix it.
+
+    `target` formats (stable; atc-sim parses them): "model", "graph", "opset_import", "opset_import '<domain>'",
+    "file '<path>'", "input '<name>'" / "input #<i>", "output '<name>'" / "output #<i>",
+    "node '<name>' (<OpType>)" (an unnamed node is '#<index>'; subgraph nodes are '<parent>/<attr>/<name>'),
+    "tensor '<name>'" (a Constant's tensor adds " (node '<name>' (Constant))").
+    """
+
+    rule: str
+    severity: str  # "error" | "warning"
+    target: str
+    message: str
+    hint: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# Every rule id -> (severity, where the rule comes from). A rule id always has the same severity, so tools can
+# key on the id alone. "[INFER]" marks our reasoning where the spec has no fact.
+RULES: dict[str, tuple[str, str]] = {
+    # the file itself (CLI exit 2)
+    "file-not-found": (ERROR, "no such file"),
+    "not-a-file": (ERROR, "the path is a folder or a device, not a file"),
+    "file-unreadable": (ERROR, "the OS refused to read the file"),
+    "file-too-large-to-parse": (ERROR, "protobuf cannot parse a message of 2 GiB or more; spec §4 E10041"),
+    "not-onnx": (ERROR, "the bytes are not an ONNX ModelProto; spec §4 E10041/E13005"),
+    "truncated-onnx": (ERROR, "a valid prefix of an ONNX ModelProto that ends mid-field; spec §4 E10041"),
+    # model level
+    "graph-missing": (ERROR, "spec §4 E16004 `ONNX model has no graph.`"),
+    "graph-no-inputs": (ERROR, "spec §4 E16001 no input node"),
+    "graph-no-outputs": (ERROR, "spec §4 E16001 no output node"),
+    "io-name-empty": (ERROR, "spec §2.2 --input_shape/--out_nodes address inputs and outputs by name"),
+    "node-name-duplicate": (WARNING, "spec §4 E13009 duplicate op name [INFER: that GE op names are ONNX node names]"),
+    "onnx-checker": (ERROR, "onnx.checker.check_model(full_check=True)"),
+    "onnx-checker-skipped": (WARNING, "external data too large to stand in for; checker not run"),
+    "lint-rule-crashed": (ERROR, "a lint rule could not finish on this model"),
+    # opset (spec §1, §5 model-level rules, §10 q1)
+    "opset-missing": (ERROR, "spec §5 model-level: exactly one default-domain opset_import"),
+    "opset-duplicate": (ERROR, "spec §4 E16005, §5 model-level"),
+    "opset-unsupported": (ERROR, "spec §1 (5.x parses v11 only; E19010 on every node), §10 q1"),
+    "opset-needs-newer-cann": (WARNING, "spec §1: 5.x doc says v11 only; later CANN accepts 12-13; §10 q1"),
+    "domain-unsupported": (ERROR, "spec §5 model-level: other domains have no plugins [INFER]"),
+    # operators (spec §5 table)
+    "op-unsupported": (ERROR, "spec §5: known not to convert (LayerNormalization [COMM], HardSwish < opset 14)"),
+    "op-not-in-table": (ERROR, "spec §5 table; the spec is silent on this op"),
+    "attribute-invalid": (ERROR, "spec §4 E14001 invalid argument for an op"),
+    "conv-auto-pad": (ERROR, "spec §5 Conv: 5.0.4 allows only NOTSET/VALID"),
+    "conv-attribute-range": (ERROR, "spec §5 Conv: dilations 1-255, pads 0-255, strides 1-63, kernel 1-255"),
+    "conv-input-not-4d": (ERROR, "spec §5 Conv: X 4-D fp16/fp32"),
+    "conv-output-width-1": (ERROR, "spec §5 Conv: 5.0.4 does not support output W = 1 with H != 1"),
+    "conv-group": (WARNING, "spec §5 Conv doc says group = 1; §10 q4: ModelZoo converts depthwise nets"),
+    "input-width-over-4096": (ERROR, "spec §5 Conv and MaxPool: input W <= 4096"),
+    "maxpool-storage-order": (ERROR, "spec §5 MaxPool: storage_order=1 is an error"),
+    "maxpool-dilations-dropped": (ERROR, "spec §5 MaxPool: dilations != 1 are dropped (wrong results)"),
+    "maxpool-valid-ceil-mode": (ERROR, "spec §5 MaxPool: VALID needs ceil_mode 0"),
+    "maxpool-ai-cpu": (WARNING, "spec §5 MaxPool: stride > 63, kernel dim > 255 or kh*kw > 256 runs on AI CPU"),
+    "averagepool-count-include-pad": (WARNING, "spec §5 AveragePool; §10 q5: the docs disagree"),
+    "averagepool-same-lower": (ERROR, "spec §5 AveragePool: no SAME_LOWER"),
+    "averagepool-ceil-mode": (ERROR, "spec §5 AveragePool: ceil_mode only with NOTSET"),
+    "gemm-alpha-beta": (WARNING, "spec §5 Gemm: alpha and beta are ignored; §10 q5: the docs disagree"),
+    "clip-unbounded": (ERROR, "spec §5 Clip: min and max must not both be absent"),
+    "pad-odd-length": (ERROR, "spec §5 Pad: even-length pads"),
+    # shapes and dtypes (spec §5 model-level rules, §2.2)
+    "input-dynamic-dim": (ERROR, "spec §5 model-level: static dims or --input_shape; §2.2 E10011"),
+    "io-dtype-int64": (ERROR, "spec §5 model-level: fp32 or fp16; int64 only for Reshape's shape"),
+    "io-dtype-unsupported": (ERROR, "spec §5 model-level: fp32 or fp16; §2.2 --output_type FP32/FP16/UINT8"),
+    "io-dtype-uint8": (WARNING, "spec §6: AIPP inputs are uint8; §2.2 --output_type UINT8"),
+    "int64-compute": (WARNING, "spec §5 model-level: int64 documented only for Reshape's shape [INFER]"),
+    "shape-chain-unfolded": (WARNING, "spec §5 model-level, §10 q6: whether ATC folds Shape chains is unknown"),
+    # tensors
+    "tensor-non-finite": (ERROR, "NaN/Inf weights make every output NaN/Inf"),
+    "tensor-fp16-overflow": (WARNING, "spec §5 model-level, §7: above 65504 overflows under force_fp16"),
+    "tensor-unreadable": (ERROR, "tensor data does not match its declared type and shape"),
+    # external data and size
+    "external-data": (WARNING, "our export embeds weights; ATC support for external data is not in the spec"),
+    "external-data-outside-folder": (ERROR, "external data must stay inside the model's folder"),
+    "external-data-missing": (ERROR, "the external data file does not exist"),
+    "external-data-invalid": (ERROR, "external_data entries: location, offset, length"),
+    "external-data-out-of-range": (ERROR, "offset + length past the end of the external file"),
+    "model-too-large": (ERROR, "spec §4 E10041: > 2 GB fails to load (protobuf limit)"),
+    "model-over-board-budget": (WARNING, "our assumption of what an Atlas 200 DK holds: DEFAULT_MAX_BOARD_BYTES"),
+}
+
+UNREADABLE_RULES: frozenset[str] = frozenset(
+    {"file-not-found", "not-a-file", "file-unreadable", "file-too-large-to-parse", "not-onnx", "truncated-onnx"}
+)
+
+# spec §1: 11 is the only opset every CANN 5.x/6.0 source accepts; 12-13 only on newer CANN (§10 q1).
+SUPPORTED_OPSET = 11
+NEWER_CANN_OPSETS = range(12, 14)
+DEFAULT_DOMAINS = ("", "ai.onnx")
+
+# Protobuf refuses messages of 2 GiB or more; spec §4 lists "> 2 GB" as an E10041 cause.
+PROTOBUF_LIMIT_BYTES = 2**31 - 1
+# Our assumption; the spec has no memory figure. The Atlas 200 DK has 8 GB LPDDR4X shared by Ubuntu, the app and
+# the AI cores [COMM: github metai/aitrace Atlas200DK.html], and CANN reserves about 25 % of the device OS memory
+# as huge pages, ~1940 MB [OFF: HI canncommercial 800 aclcppdevg_03_0094]. The weights sit twice in memory at load
+# time (file buffer + device copy) beside the feature maps, so we budget 1 GiB (1/8 of the board) for the model
+# files. Override with --max-board-bytes.
+DEFAULT_MAX_BOARD_BYTES = 1 << 30
+
+# spec §5 table: ATC ONNX plugins for Ascend 310, with the opsets the 2022 plugins (PLG) register. Every op here
+# is fine at opset 11. Anything not listed is reported, because the spec is silent on it.
+SUPPORTED_OPS: dict[str, tuple[int, int]] = {
+    **{op: (8, 15) for op in (
+        "Conv", "BatchNormalization", "Relu", "Sigmoid", "Tanh", "LeakyRelu", "Add", "Mul", "Sub", "Div",
+        "MaxPool", "AveragePool", "GlobalAveragePool", "MatMul", "Gemm", "Flatten", "Reshape", "Clip", "Softmax",
+        "Concat", "Transpose", "Pad", "Dropout", "Identity", "Constant", "Shape", "Gather", "Unsqueeze", "Squeeze",
+        "Cast", "Slice", "ConstantOfShape",
+    )},
+    "HardSwish": (14, 15),  # not an ONNX op before opset 14
+}
+# spec §5 "Known bad": ops the spec says do not convert (as opposed to ops it says nothing about).
+KNOWN_UNSUPPORTED_OPS: dict[str, str] = {
+    "LayerNormalization": "LayerNormalization is an opset-17 op that ATC for Ascend 310 does not convert "
+                          "(spec §5 known bad [COMM])",
+}
+
+# Inputs that ONNX itself requires to be int64 (shapes, axes, indices): int64 tensors feeding only these are
+# shape computation, not int64 arithmetic. spec §5 documents only Reshape's; the rest follow from ATC supporting
+# the op at all [INFER].
+_INT64_PARAMETER_INPUTS: dict[str, tuple[int, ...]] = {
+    "Reshape": (1,), "Slice": (1, 2, 3, 4), "Pad": (1,), "Unsqueeze": (1,), "Squeeze": (1,),
+    "ConstantOfShape": (0,), "Expand": (1,), "Tile": (1,), "Gather": (1,), "Resize": (1, 2, 3), "Upsample": (1,),
+    "TopK": (1,), "OneHot": (1,), "ReduceSum": (1,), "Range": (0, 1, 2),
+}
+
+_FLOAT_TYPES = (TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16)
+_IO_TYPES_OK = (TensorProto.FLOAT, TensorProto.FLOAT16)
+FP16_MAX = 65504.0
+_CHECKER_STAND_IN_BYTES = 64 << 20  # zero-filled stand-ins for external tensors the checker must see
+_CHUNK_ELEMENTS = 1 << 22
+
+
+def _dtype_name(dtype: int) -> str:
+    try:
+        return TensorProto.DataType.Name(dtype).lower()
+    except ValueError:
+        return f"unknown dtype {dtype}"
+
+
+def _finding(rule: str, target: str, message: str, hint: str) -> Finding:
+    return Finding(rule, RULES[rule][0], target, message, hint)
+
+
+def has_errors(findings: Iterable[Finding]) -> bool:
+    """True if any finding is an error (warnings alone are fine)."""
+    return any(f.severity == ERROR for f in findings)
+
+
+def exit_code(findings: Iterable[Finding]) -> int:
+    """The CLI's exit code: 2 if the file could not be read, 1 if there are errors, 0 otherwise."""
+    findings = list(findings)
+    if any(f.rule in UNREADABLE_RULES for f in findings):
+        return 2
+    return 1 if has_errors(findings) else 0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reading the file
+
+
+def lint_file(path: str | os.PathLike, *, max_board_bytes: int = DEFAULT_MAX_BOARD_BYTES) -> list[Finding]:
+    """Lint an ONNX file; never raises on a bad file (unreadable files give a finding in UNREADABLE_RULES)."""
+    path = Path(path)
+    target = f"file '{path}'"
+    try:
+        if not path.exists():
+            return [_finding("file-not-found", target, "no such file",
+                             "check the path; the export stage writes runs/<name>/model.onnx")]
+        if not path.is_file():
+            return [_finding("not-a-file", target, "this is a folder or a special file, not an ONNX file",
+                             "pass the path of a .onnx file")]
+        size = path.stat().st_size
+        if size > PROTOBUF_LIMIT_BYTES:
+            return [_finding("file-too-large-to-parse", target,
+                             f"{size} bytes: protobuf cannot parse a message of 2 GiB or more, and ATC fails to "
+                             "load it (E10041, spec §4)",
+                             "store the weights as external data, or shrink the model")]
+        data = path.read_bytes()
+    except OSError as e:
+        return [_finding("file-unreadable", target, f"cannot read: {e.strerror or e}",
+                         "check the file's permissions")]
+    model, problem = _parse_model(data, target)
+    if problem is not None:
+        return [problem]
+    try:
+        return _lint(model, path.parent, max_board_bytes=max_board_bytes, model_bytes=size)
+    except Exception as e:  # a lint bug must not hide the model's other findings behind a traceback
+        return [_crash_finding("lint", "model", e)]
+
+
+def _parse_model(data: bytes, target: str) -> tuple[onnx.ModelProto | None, Finding | None]:
+    """Parse ModelProto bytes without loading external data; tell truncated from foreign bytes when the wire
+    format allows it."""
+    if not data:
+        return None, _finding("not-onnx", target, "the file is empty", "re-export the model")
+    model = onnx.ModelProto()
+    try:
+        model.ParseFromString(data)
+    except Exception as e:  # DecodeError from upb; other protobuf backends raise other types
+        verdict = _classify_wire_format(data)
+        if verdict == "truncated":
+            return None, _finding(
+                "truncated-onnx", target,
+                f"the file ends in the middle of a field ({len(data)} bytes): an ONNX model cut short",
+                "copy or export the file again; compare its size with the original")
+        detail = "its bytes are not an ONNX protobuf" if verdict == "foreign" else \
+            f"protobuf cannot parse it ({e}); corrupt inside a field, or not ONNX"
+        return None, _finding("not-onnx", target, detail, "pass an .onnx file exported by torch.onnx.export")
+    if not (model.HasField("graph") or model.ir_version or len(model.opset_import)):
+        # protobuf keeps unknown fields, so some non-ONNX bytes parse "fine" into an empty ModelProto
+        return None, _finding("not-onnx", target, "the bytes parse as protobuf but carry none of ONNX's fields",
+                              "pass an .onnx file exported by torch.onnx.export")
+    return model, None
+
+
+_WIRE_TYPE_OF = {
+    **dict.fromkeys((FieldDescriptor.TYPE_MESSAGE, FieldDescriptor.TYPE_STRING, FieldDescriptor.TYPE_BYTES), 2),
+    **dict.fromkeys((FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FIXED64, FieldDescriptor.TYPE_SFIXED64), 1),
+    **dict.fromkeys((FieldDescriptor.TYPE_FLOAT, FieldDescriptor.TYPE_FIXED32, FieldDescriptor.TYPE_SFIXED32), 5),
+    FieldDescriptor.TYPE_GROUP: 3,
+}
+
+
+def _classify_wire_format(data: bytes) -> str:
+    """Walk ModelProto's top-level fields: "complete", "truncated" (known fields only, the last one cut off) or
+    "foreign" (a field number or wire type ModelProto does not have).
+
+    Reliable for cuts inside a top-level field (the graph is nearly all of a file). A cut exactly between two
+    top-level fields leaves a shorter valid model, which no parser can tell from a whole one; lint then reports
+    what is missing (e.g. no opset_import). Random bytes that happen to form a valid prefix are called truncated.
+    """
+    fields = onnx.ModelProto.DESCRIPTOR.fields_by_number
+    pos, end = 0, len(data)
+
+    def varint(p: int) -> tuple[int | None, int]:
+        value = shift = 0
+        while p < end and shift < 70:
+            b = data[p]
+            p += 1
+            value |= (b & 0x7F) << shift
+            if not b & 0x80:
+                return value, p
+            shift += 7
+        return None, p  # ran off the end (or longer than 10 bytes: caught by the wire-type check below)
+
+    while pos < end:
+        tag, pos = varint(pos)
+        if tag is None:
+            return "truncated"
+        field = fields.get(tag >> 3)
+        wire_type = tag & 7
+        if field is None or _WIRE_TYPE_OF.get(field.type, 0) != wire_type:
+            return "foreign"
+        if wire_type == 0:
+            value, pos = varint(pos)
+            if value is None:
+                return "truncated"
+        elif wire_type == 2:
+            length, pos = varint(pos)
+            if length is None or pos + length > end:
+                return "truncated"
+            pos += length
+        else:
+            pos += 8 if wire_type == 1 else 4
+            if pos > end:
+                return "truncated"
+    return "complete"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The rules
+
+
+def lint_model(model: onnx.ModelProto, model_dir: Path | None = None, *,
+               max_board_bytes: int = DEFAULT_MAX_BOARD_BYTES) -> list[Finding]:
+    """Lint a parsed model (its external data not loaded). `model_dir` is where external data would live; without
+    it, external files are not looked at. Never raises on a weird model."""
+    try:
+        return _lint(model, Path(model_dir) if model_dir is not None else None,
+                     max_board_bytes=max_board_bytes, model_bytes=None)
+    except Exception as e:
+        return [_crash_finding("lint", "model", e)]
+
+
+class _BadAttribute(Exception):
+    """An attribute with the wrong type or an unreadable value: reported as `attribute-invalid`."""
+
+
+def _crash_finding(rule_name: str, target: str, e: Exception) -> Finding:
+    return _finding("lint-rule-crashed", target,
+                    f"the {rule_name} check failed on this model ({type(e).__name__}: {e}); it was not checked",
+                    "run `onnx.checker.check_model(model, full_check=True)`; report the model if it passes")
+
+
+def _lint(model: onnx.ModelProto, model_dir: Path | None, *, max_board_bytes: int,
+          model_bytes: int | None) -> list[Finding]:
+    findings: list[Finding] = []
+
+    def run_rule(name: str, fn: Callable[..., Iterable[Finding]], *args) -> None:
+        # Each rule runs on its own: one that trips over a malformed model reports it and the others still run.
+        try:
+            for finding in fn(*args):  # one by one: what a rule found before it crashed is kept
+                findings.append(finding)
+        except Exception as e:
+            findings.append(_crash_finding(name, "model", e))
+
+    if not model.HasField("graph"):
+        findings.append(_finding("graph-missing", "model", "the model has no graph (ATC: E16004, spec §4)",
+                                 "re-export the model; a file cut short before its graph looks the same"))
+        run_rule("opset", _check_opset, model)
+        return findings
+
+    opset = _default_opset(model)
+    context = _ModelContext(model, opset)
+    run_rule("opset", _check_opset, model)
+    run_rule("graph inputs and outputs", _check_graph_io, model.graph)
+    run_rule("node names", _check_node_names, model.graph)
+    run_rule("operators", _check_nodes, model, context)
+    run_rule("Shape chains", _check_shape_chains, model.graph)
+    run_rule("int64 compute", _check_int64_compute, model.graph, context)
+    run_rule("tensor values", _check_tensor_values, model, model_dir)
+    external_bytes: list[int] = []
+    run_rule("external data", _check_external_data, model, model_dir, external_bytes)
+    size = (model_bytes if model_bytes is not None else model.ByteSize()) + sum(external_bytes)
+    run_rule("model size", _check_size, size, max_board_bytes)
+    run_rule("onnx.checker", _check_with_onnx_checker, context)
+    return findings
+
+
+def _default_opset(model: onnx.ModelProto) -> int | None:
+    versions = [o.version for o in model.opset_import if o.domain in DEFAULT_DOMAINS]
+    return versions[0] if len(versions) == 1 else None
+
+
+def _check_opset(model: onnx.ModelProto) -> Iterator[Finding]:
+    hint = "export with torch.onnx.export(..., dynamo=False, opset_version=11)"
+    default = [o for o in model.opset_import if o.domain in DEFAULT_DOMAINS]
+    if not default:
+        yield _finding("opset-missing", "opset_import",
+                       "no default-domain opset_import: ATC cannot pick a parser for any node "
+                       "(its key is ai.onnx::<opset>::<OpType>, spec §1)", hint)
+    elif len(default) > 1:
+        versions = ", ".join(str(o.version) for o in default)
+        yield _finding("opset-duplicate", "opset_import",
+                       f"{len(default)} default-domain opset_import entries ({versions}); ATC allows one "
+                       "(E16005, spec §4)", "keep one default-domain opset_import, version 11")
+    else:
+        version = default[0].version
+        if version in NEWER_CANN_OPSETS:
+            yield _finding("opset-needs-newer-cann", "opset_import",
+                           f"opset {version}: the Atlas 200 DK's CANN 5.x ATC parses opset 11 only; newer CANN "
+                           "accepts it (spec §1, §10 q1)", hint)
+        elif version != SUPPORTED_OPSET:
+            yield _finding("opset-unsupported", "opset_import",
+                           f"opset {version}: the CANN 5.x ATC parses opset 11 only, and since the opset is "
+                           f"model-wide every node fails with E19010 `No parser is registered for Op [..., optype "
+                           f"[ai.onnx::{version}::<OpType>]]` (spec §1)", hint)
+    for o in model.opset_import:
+        if o.domain not in DEFAULT_DOMAINS:
+            yield _finding("domain-unsupported", f"opset_import '{o.domain}'",
+                           f"domain '{o.domain}' (version {o.version}): ATC has no plugins for other domains "
+                           "(spec §5 model-level rules [INFER])",
+                           "export with standard ONNX ops only (no custom ops or ai.onnx.ml)")
+
+
+def _check_graph_io(graph: onnx.GraphProto) -> Iterator[Finding]:
+    initializers = {t.name for t in graph.initializer}
+    inputs = [i for i in graph.input if i.name not in initializers or not i.name]
+    if not inputs:
+        yield _finding("graph-no-inputs", "graph", "the graph has no inputs (ATC: E16001, spec §4)",
+                       "export the model with at least one input tensor")
+    if not graph.output:
+        yield _finding("graph-no-outputs", "graph", "the graph has no outputs (ATC: E16001, spec §4)",
+                       "export the model with its output tensor(s)")
+    for kind, values in (("input", inputs), ("output", graph.output)):
+        for index, value in enumerate(values):
+            target = f"{kind} '{value.name}'" if value.name else f"{kind} #{index}"
+            if not value.name:
+                yield _finding("io-name-empty", target, f"graph {kind} #{index} has no name; ATC's "
+                               "--input_shape and --out_nodes address tensors by name (spec §2.2)",
+                               f"name the {kind}, e.g. torch.onnx.export(..., {kind}_names=[...])")
+            yield from _check_io_type(kind, value, target)
+
+
+def _check_io_type(kind: str, value: onnx.ValueInfoProto, target: str) -> Iterator[Finding]:
+    if value.type.WhichOneof("value") != "tensor_type":
+        yield _finding("io-dtype-unsupported", target, f"the {kind} is not a tensor (ATC takes fp32/fp16 "
+                       "tensors, spec §5)", "make the model's inputs and outputs plain float32 tensors")
+        return
+    tensor_type = value.type.tensor_type
+    dtype = tensor_type.elem_type
+    name = _dtype_name(dtype)
+    if dtype == TensorProto.INT64:
+        yield _finding("io-dtype-int64", target, f"{kind} dtype int64: use fp32 or fp16; int64 is documented "
+                       "only for Reshape's shape input (spec §5 model-level rules)",
+                       f"cast the {kind} to float32 inside the model, or do the integer work outside it")
+    elif dtype == TensorProto.UINT8:
+        detail = ("the spec has uint8 model inputs only through AIPP, where the ONNX input stays float32 and ATC "
+                  "makes the .om input uint8 (spec §6); how ATC 5.x treats a uint8 ONNX input is not in the spec"
+                  if kind == "input" else
+                  "the spec gets uint8 outputs from --output_type=UINT8 (§2.2), not from the ONNX model")
+        yield _finding("io-dtype-uint8", target, f"{kind} dtype uint8: {detail}",
+                       "export float32 I/O; for uint8 pixels use AIPP (--insert_op_conf), for outputs --output_type")
+    elif dtype not in _IO_TYPES_OK:
+        yield _finding("io-dtype-unsupported", target, f"{kind} dtype {name}: ATC for Ascend 310 takes fp32 or "
+                       "fp16 (spec §5 model-level rules; --output_type FP32/FP16/UINT8, §2.2)",
+                       f"make the {kind} float32")
+    if kind != "input":
+        return
+    # spec §5 model-level rules: input dims must be static or fixed with --input_shape; ranges are impossible on
+    # 310 (§2.2 --input_shape_range). -1 needs a dynamic option (E10011), which we do not use.
+    hint = ("export with a static shape (torch.onnx.export without dynamic_axes) or pass "
+            "atc --input_shape=\"name:1,C,H,W\"")
+    if not tensor_type.HasField("shape"):
+        yield _finding("input-dynamic-dim", target, "the input has no shape at all; ATC on Ascend 310 needs "
+                       "static shapes", hint)
+        return
+    for axis, dim in enumerate(tensor_type.shape.dim):
+        if dim.HasField("dim_value") and dim.dim_value > 0:
+            continue
+        what = (f"symbolic dim '{dim.dim_param}'" if dim.HasField("dim_param") and dim.dim_param
+                else f"dim {dim.dim_value}" if dim.HasField("dim_value") else "an unknown dim")
+        yield _finding("input-dynamic-dim", target, f"axis {axis} is {what}; ATC on Ascend 310 needs static "
+                       "shapes (spec §5 model-level rules)", hint)
+
+
+def _check_node_names(graph: onnx.GraphProto) -> Iterator[Finding]:
+    counts = Counter(node.name for node in graph.node if node.name)
+    for name, count in counts.items():
+        if count > 1:
+            yield _finding("node-name-duplicate", f"node '{name}'",
+                           f"{count} nodes share this name; GE rejects duplicate op names (E13009, spec §4), and "
+                           "we assume GE keeps ONNX node names [INFER]", "run onnxsim, or rename the nodes")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Shapes and types the rules look up (top-level graph; from shape inference where it succeeds)
+
+
+class _ModelContext:
+    """Types, shapes and small constant values of the top-level graph's tensors, and a checker-safe copy."""
+
+    def __init__(self, model: onnx.ModelProto, opset: int | None):
+        self.model = model
+        self.opset = opset
+        self.types: dict[str, onnx.TypeProto] = {}
+        self.constants: dict[str, TensorProto] = {}
+        self.checkable_failure = ""  # why no checker-safe copy could be made of a malformed model
+        try:
+            self.checkable, self.checkable_note = _checkable_copy(model)
+        except Exception as e:
+            self.checkable, self.checkable_note = None, ""
+            self.checkable_failure = f"{type(e).__name__}: {e}"
+        graph = model.graph
+        for t in graph.initializer:
+            self.constants[t.name] = t
+        for node in graph.node:
+            if node.op_type == "Constant" and node.output:
+                for a in node.attribute:
+                    if a.name == "value" and a.type == AttributeProto.TENSOR:
+                        self.constants[node.output[0]] = a.t
+        inferred = graph
+        if self.checkable is not None:
+            try:
+                inferred = onnx.shape_inference.infer_shapes(self.checkable, check_type=False, strict_mode=False,
+                                                             data_prop=True).graph
+            except Exception:  # shape inference is a help, not a rule: rules skip what it could not tell
+                inferred = graph
+        for value in (*inferred.input, *inferred.value_info, *inferred.output):
+            self.types.setdefault(value.name, value.type)
+
+    def dtype(self, name: str) -> int | None:
+        if name in self.constants:
+            return self.constants[name].data_type
+        t = self.types.get(name)
+        if t is not None and t.WhichOneof("value") == "tensor_type" and t.tensor_type.elem_type:
+            return t.tensor_type.elem_type
+        return None
+
+    def shape(self, name: str) -> list[int | None] | None:
+        """Dims (None where unknown), or None if even the rank is unknown."""
+        if name in self.constants:
+            return list(self.constants[name].dims)
+        t = self.types.get(name)
+        if t is None or t.WhichOneof("value") != "tensor_type" or not t.tensor_type.HasField("shape"):
+            return None
+        return [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
+                for d in t.tensor_type.shape.dim]
+
+    def constant_value(self, name: str) -> np.ndarray | None:
+        t = self.constants.get(name)
+        if t is None or _is_external(t):
+            return None
+        return numpy_helper.to_array(t)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Operators and their attributes (spec §5)
+
+
+def _iter_graphs(graph: onnx.GraphProto, prefix: str = "") -> Iterator[tuple[str, onnx.GraphProto]]:
+    """The graph and every subgraph (If/Loop/Scan bodies), with a prefix naming where each sits."""
+    yield prefix, graph
+    for index, node in enumerate(graph.node):
+        for a in node.attribute:
+            if a.type == AttributeProto.GRAPH:
+                bodies = [a.g]
+            elif a.type == AttributeProto.GRAPHS:
+                bodies = list(a.graphs)
+            else:
+                continue
+            for body in bodies:
+                yield from _iter_graphs(body, f"{prefix}{node.name or f'#{index}'}/{a.name}/")
+
+
+def _node_target(node: onnx.NodeProto, index: int, prefix: str = "") -> str:
+    name = node.name or f"#{index}"
+    return f"node '{prefix}{name}' ({node.op_type})"
+
+
+def _check_nodes(model: onnx.ModelProto, context: _ModelContext) -> Iterator[Finding]:
+    for prefix, graph in _iter_graphs(model.graph):
+        for index, node in enumerate(graph.node):
+            target = _node_target(node, index, prefix)
+            try:
+                yield from _check_op_type(node, target, context.opset)
+                check = _ATTRIBUTE_RULES.get(node.op_type) if node.domain in DEFAULT_DOMAINS else None
+                if check is not None:
+                    yield from check(node, target, context)
+            except _BadAttribute as e:
+                yield _finding("attribute-invalid", target, f"{e}; ATC rejects invalid op arguments "
+                               "(E14001, spec §4)", "re-export the model; fix the attribute")
+            except Exception as e:
+                yield _crash_finding(f"{node.op_type} rules", target, e)
+
+
+def _check_op_type(node: onnx.NodeProto, target: str, opset: int | None) -> Iterator[Finding]:
+    op = node.op_type
+    if node.domain not in DEFAULT_DOMAINS:
+        yield _finding("domain-unsupported", target, f"op {op} of domain '{node.domain}': ATC has no plugins for "
+                       "other domains (spec §5 model-level rules [INFER])",
+                       "replace it with standard ONNX ops from the table in export/lint.py")
+        return
+    if op in KNOWN_UNSUPPORTED_OPS:
+        yield _finding("op-unsupported", target, KNOWN_UNSUPPORTED_OPS[op],
+                       "replace it with ops from the spec §5 table (see SUPPORTED_OPS in export/lint.py)")
+        return
+    if op not in SUPPORTED_OPS:
+        yield _finding("op-not-in-table", target,
+                       f"{op} is not in the operator table atlas-kd knows ATC supports on Ascend 310 "
+                       "(spec §5); the spec is silent on it, so ATC may or may not convert it",
+                       "replace it with ops from the table (SUPPORTED_OPS in export/lint.py), or check it with "
+                       "`msit analyze -gm model.onnx -soc Ascend310` where CANN is installed (spec §5)")
+        return
+    first, last = SUPPORTED_OPS[op]
+    # Outside 11-13 the opset rule already fails every node; a per-node finding would only repeat it.
+    if opset in (SUPPORTED_OPSET, *NEWER_CANN_OPSETS) and not first <= opset <= last:
+        reason = ("HardSwish is not an ONNX op before opset 14; at opset 11 PyTorch emits HardSigmoid*x "
+                  "(spec §5 [INFER])" if op == "HardSwish"
+                  else f"ATC's {op} plugin covers opsets {first}-{last}, not {opset} (spec §5)")
+        yield _finding("op-unsupported", target, reason, "re-export with opset 11 and ops from the spec §5 table")
+
+
+def _attrs(node: onnx.NodeProto) -> dict[str, AttributeProto]:
+    return {a.name: a for a in node.attribute}
+
+
+def _int(node: onnx.NodeProto, name: str, default: int) -> int:
+    a = _attrs(node).get(name)
+    if a is None:
+        return default
+    if a.type != AttributeProto.INT:
+        raise _BadAttribute(f"attribute {name} should be an int, is {AttributeProto.AttributeType.Name(a.type)}")
+    return a.i
+
+
+def _ints(node: onnx.NodeProto, name: str) -> list[int] | None:
+    a = _attrs(node).get(name)
+    if a is None:
+        return None
+    if a.type != AttributeProto.INTS:
+        raise _BadAttribute(f"attribute {name} should be a list of ints, is "
+                            f"{AttributeProto.AttributeType.Name(a.type)}")
+    return list(a.ints)
+
+
+def _float(node: onnx.NodeProto, name: str, default: float) -> float:
+    a = _attrs(node).get(name)
+    if a is None:
+        return default
+    if a.type != AttributeProto.FLOAT:
+        raise _BadAttribute(f"attribute {name} should be a float, is {AttributeProto.AttributeType.Name(a.type)}")
+    return a.f
+
+
+def _string(node: onnx.NodeProto, name: str, default: str) -> str:
+    a = _attrs(node).get(name)
+    if a is None:
+        return default
+    if a.type != AttributeProto.STRING:
+        raise _BadAttribute(f"attribute {name} should be a string, is {AttributeProto.AttributeType.Name(a.type)}")
+    return a.s.decode("utf-8", "replace")
+
+
+def _input(node: onnx.NodeProto, index: int) -> str | None:
+    """The name of an optional input, or None when it is absent (missing or empty name)."""
+    return node.input[index] if len(node.input) > index and node.input[index] else None
+
+
+def _check_input_width(node: onnx.NodeProto, target: str, context: _ModelContext) -> Iterator[Finding]:
+    shape = context.shape(node.input[0]) if node.input else None
+    if shape and len(shape) == 4 and shape[3] is not None and shape[3] > 4096:
+        yield _finding("input-width-over-4096", target, f"{node.op_type} input W = {shape[3]} > 4096, which ATC "
+                       "does not support on Ascend 310 (spec §5)", "resize the input or split it into tiles")
+
+
+def _check_conv(node: onnx.NodeProto, target: str, context: _ModelContext) -> Iterator[Finding]:
+    auto_pad = _string(node, "auto_pad", "NOTSET")
+    if auto_pad not in ("NOTSET", "VALID"):
+        yield _finding("conv-auto-pad", target, f"auto_pad={auto_pad}: ATC of CANN 5.0.4 allows only NOTSET or "
+                       "VALID (spec §5)", "export explicit pads (PyTorch does: padding=... gives NOTSET)")
+    kernel = _ints(node, "kernel_shape")
+    if kernel is None and len(node.input) > 1:
+        weight_shape = context.shape(node.input[1])
+        kernel = [d for d in weight_shape[2:] if d is not None] if weight_shape else None
+    limits = (("dilations", _ints(node, "dilations"), 1, 255), ("pads", _ints(node, "pads"), 0, 255),
+              ("strides", _ints(node, "strides"), 1, 63), ("kernel", kernel, 1, 255))
+    for name, values, low, high in limits:
+        bad = [v for v in values or () if not low <= v <= high]
+        if bad:
+            yield _finding("conv-attribute-range", target, f"{name} {values} outside {low}-{high}, the range ATC "
+                           "supports for Conv on Ascend 310 (spec §5)", f"keep Conv {name} within {low}-{high}")
+    group = _int(node, "group", 1)
+    if group != 1:
+        # spec §10 q4: the op spec says group = 1, yet ModelZoo converts depthwise nets, so never fail on it.
+        yield _finding("conv-group", target, f"group={group}: the ATC op spec says group = 1, but ModelZoo "
+                       "converts depthwise nets (spec §5, §10 q4: unresolved)",
+                       "expect it to convert; if ATC fails on this node, use group=1 convolutions")
+    x_shape = context.shape(node.input[0]) if node.input else None
+    if x_shape is not None and len(x_shape) != 4:
+        yield _finding("conv-input-not-4d", target, f"Conv input has rank {len(x_shape)}; ATC for Ascend 310 "
+                       "takes 4-D NCHW (spec §5)", "use Conv2d (reshape 1-D signals to N,C,1,W)")
+    yield from _check_input_width(node, target, context)
+    y_shape = context.shape(node.output[0]) if node.output else None
+    if y_shape and len(y_shape) == 4 and y_shape[3] == 1 and y_shape[2] not in (None, 1):
+        yield _finding("conv-output-width-1", target, f"output H x W = {y_shape[2]} x 1: CANN 5.0.4's Conv does "
+                       "not support W = 1 with H != 1 (spec §5)", "transpose H and W, or change the kernel/stride")
+
+
+def _check_maxpool(node: onnx.NodeProto, target: str, context: _ModelContext) -> Iterator[Finding]:
+    if _int(node, "storage_order", 0) == 1:
+        yield _finding("maxpool-storage-order", target, "storage_order=1 (column major) is not supported by ATC "
+                       "(spec §5)", "use the default storage_order=0")
+    dilations = _ints(node, "dilations") or []
+    if any(d != 1 for d in dilations):
+        yield _finding("maxpool-dilations-dropped", target, f"dilations {dilations}: ATC drops MaxPool dilations, "
+                       "so the board would compute a different result (spec §5)", "use dilation=1 in MaxPool")
+    if _string(node, "auto_pad", "NOTSET") == "VALID" and _int(node, "ceil_mode", 0) != 0:
+        yield _finding("maxpool-valid-ceil-mode", target, "auto_pad=VALID with ceil_mode=1 is not supported "
+                       "(spec §5)", "use ceil_mode=0, or explicit pads")
+    kernel = _ints(node, "kernel_shape") or []
+    strides = _ints(node, "strides") or []
+    if any(s > 63 for s in strides) or any(k > 255 for k in kernel) or (kernel and math.prod(kernel) > 256):
+        yield _finding("maxpool-ai-cpu", target, f"kernel {kernel}, strides {strides}: a stride > 63, a kernel dim "
+                       "> 255 or kh*kw > 256 runs on the AI CPU, which is slow (spec §5)",
+                       "use smaller pooling windows (e.g. two pools, or GlobalAveragePool)")
+    yield from _check_input_width(node, target, context)
+
+
+def _check_averagepool(node: onnx.NodeProto, target: str, context: _ModelContext) -> Iterator[Finding]:
+    if _int(node, "count_include_pad", 0) == 1:
+        # spec §10 q5: the commercial docs say unsupported, CommunityEdition says supported: warn, don't fail.
+        yield _finding("averagepool-count-include-pad", target, "count_include_pad=1: the commercial ATC docs say "
+                       "unsupported, CommunityEdition says supported (spec §5, §10 q5: unresolved)",
+                       "use count_include_pad=0 (PyTorch: AvgPool2d(..., count_include_pad=False)) to be safe")
+    auto_pad = _string(node, "auto_pad", "NOTSET")
+    if auto_pad == "SAME_LOWER":
+        yield _finding("averagepool-same-lower", target, "auto_pad=SAME_LOWER is not supported (spec §5)",
+                       "use explicit pads")
+    if _int(node, "ceil_mode", 0) != 0 and auto_pad != "NOTSET":
+        yield _finding("averagepool-ceil-mode", target, f"ceil_mode=1 with auto_pad={auto_pad}: ceil_mode works "
+                       "only with NOTSET (spec §5)", "use explicit pads with ceil_mode, or ceil_mode=0")
+
+
+def _check_gemm(node: onnx.NodeProto, target: str, context: _ModelContext) -> Iterator[Finding]:
+    alpha = _float(node, "alpha", 1.0)
+    beta = _float(node, "beta", 1.0) if _input(node, 2) else 1.0  # beta scales C; without C it does nothing
+    if alpha != 1.0 or beta != 1.0:
+        # A warning, not an error: spec §10 q5 says CommunityEdition docs list alpha/beta as supported.
+        yield _finding("gemm-alpha-beta", target, f"alpha={alpha:g}, beta={beta:g}: ATC maps Gemm to MatMulV2 and "
+                       "ignores alpha and beta, so the board may compute a different result (spec §5, §10 q5)",
+                       "fold alpha/beta into the weights (onnxsim does not), or export nn.Linear as is")
+
+
+def _check_clip(node: onnx.NodeProto, target: str, context: _ModelContext) -> Iterator[Finding]:
+    # opset >= 11 passes min/max as optional inputs, older opsets as attributes; accept either.
+    names = _attrs(node)
+    has_min = _input(node, 1) is not None or "min" in names
+    has_max = _input(node, 2) is not None or "max" in names
+    if not (has_min or has_max):
+        yield _finding("clip-unbounded", target, "Clip has neither min nor max; ATC requires at least one "
+                       "(spec §5)", "give the clamp a bound (ReLU6: min=0, max=6), or remove the Clip")
+
+
+def _check_pad(node: onnx.NodeProto, target: str, context: _ModelContext) -> Iterator[Finding]:
+    pads_name = _input(node, 1)
+    pads = _ints(node, "pads") if pads_name is None else context.constant_value(pads_name)
+    if pads is not None and len(np.ravel(pads)) % 2:
+        yield _finding("pad-odd-length", target, f"pads has {len(np.ravel(pads))} values; ATC needs an even "
+                       "count (begin and end per axis, spec §5)", "give begin and end pads for every axis")
+
+
+_ATTRIBUTE_RULES: dict[str, Callable[[onnx.NodeProto, str, _ModelContext], Iterator[Finding]]] = {
+    "Conv": _check_conv,
+    "MaxPool": _check_maxpool,
+    "AveragePool": _check_averagepool,
+    "Gemm": _check_gemm,
+    "Clip": _check_clip,
+    "Pad": _check_pad,
+}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Graph patterns (top-level graph)
+
+
+def _producers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:
+    return {out: node for node in graph.node for out in node.output if out}
+
+
+def _check_shape_chains(graph: onnx.GraphProto) -> Iterator[Finding]:
+    """Reshape whose shape input is computed from a Shape node (the `x.view(x.size(0), -1)` pattern)."""
+    producers = _producers(graph)
+    for index, node in enumerate(graph.node):
+        shape_input = _input(node, 1) if node.op_type == "Reshape" else None
+        if shape_input is None:
+            continue
+        chain_ops: list[str] = []
+        found_shape = False
+        queue, seen = deque([shape_input]), {shape_input}
+        while queue:
+            producer = producers.get(queue.popleft())
+            if producer is None:
+                continue
+            if producer.op_type == "Shape":
+                found_shape = True
+            else:  # x.view(x.size(0), -1) passes Gather/Unsqueeze/Concat; other views add Cast, Slice, Mul, ...
+                chain_ops.append(producer.op_type)
+                for name in producer.input:
+                    if name and name not in seen:
+                        seen.add(name)
+                        queue.append(name)
+        if found_shape:
+            # Warning, not error: spec §5 says whether ATC folds this chain is unknown (§10 q6), and every op in it
+            # is in the §5 table, so it may well convert; folding it removes the question.
+            path = "->".join(["Shape", *dict.fromkeys(reversed(chain_ops)), "Reshape"])
+            yield _finding("shape-chain-unfolded", _node_target(node, index),
+                           f"the Reshape's shape is computed at run time ({path}); whether ATC folds this is "
+                           "unknown (spec §5, §10 q6)",
+                           "run onnxsim (python -m onnxsim in.onnx out.onnx) with a static input shape, or export "
+                           "x.flatten(1) instead of x.view(x.size(0), -1)")
+
+
+def _check_int64_compute(graph: onnx.GraphProto, context: _ModelContext) -> Iterator[Finding]:
+    """Nodes that produce int64 outside shape computation (spec §5: int64 documented only for Reshape's shape)."""
+    producers = _producers(graph)
+    parameter_tensors: set[str] = set()
+    queue = deque(node.input[i] for node in graph.node for i in _INT64_PARAMETER_INPUTS.get(node.op_type, ())
+                  if _input(node, i))
+    while queue:
+        name = queue.popleft()
+        if name in parameter_tensors:
+            continue
+        parameter_tensors.add(name)
+        producer = producers.get(name)
+        if producer is not None and producer.op_type != "Shape":  # Shape's input is data, not shape computation
+            queue.extend(i for i in producer.input if i)
+    graph_outputs = {o.name for o in graph.output}  # an int64 graph output is already an io-dtype-int64 error
+    for index, node in enumerate(graph.node):
+        if node.op_type == "Constant":
+            continue
+        int64_outputs = [o for o in node.output if o and context.dtype(o) == TensorProto.INT64
+                         and o not in parameter_tensors and o not in graph_outputs]
+        if int64_outputs:
+            yield _finding("int64-compute", _node_target(node, index),
+                           f"produces int64 ({', '.join(map(str, int64_outputs))}) outside shape computation; "
+                           "ATC documents int64 only for Reshape's shape input (spec §5 model-level rules [INFER])",
+                           "compute in float32, or move the integer step out of the model")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Tensors: values, external data, size
+
+
+def _is_external(tensor: TensorProto) -> bool:
+    return tensor.data_location == TensorProto.EXTERNAL
+
+
+def _iter_tensors(model: onnx.ModelProto) -> Iterator[tuple[str, TensorProto, bool]]:
+    """(target, tensor, holds_values) for every tensor stored in the model: initializers, sparse initializers and
+    node attributes (Constant values), in every graph and local function. holds_values is False for sparse
+    indices."""
+    def from_nodes(nodes, prefix: str) -> Iterator[tuple[str, TensorProto, bool]]:
+        for index, node in enumerate(nodes):
+            for a in node.attribute:
+                label = node.output[0] if node.op_type == "Constant" and node.output else f"{a.name}"
+                where = f"({_node_target(node, index, prefix)})"
+                if a.type == AttributeProto.TENSOR:
+                    yield f"tensor '{a.t.name or label}' {where}", a.t, True
+                elif a.type == AttributeProto.TENSORS:
+                    for i, t in enumerate(a.tensors):
+                        yield f"tensor '{t.name or f'{label}[{i}]'}' {where}", t, True
+                elif a.type == AttributeProto.SPARSE_TENSOR:
+                    yield f"tensor '{a.sparse_tensor.values.name or label}' {where}", a.sparse_tensor.values, True
+                    yield f"tensor '{label}' indices {where}", a.sparse_tensor.indices, False
+                elif a.type == AttributeProto.SPARSE_TENSORS:
+                    for i, s in enumerate(a.sparse_tensors):
+                        yield f"tensor '{s.values.name or f'{label}[{i}]'}' {where}", s.values, True
+                        yield f"tensor '{label}[{i}]' indices {where}", s.indices, False
+
+    for prefix, graph in _iter_graphs(model.graph):
+        for t in graph.initializer:
+            yield f"tensor '{prefix}{t.name}'", t, True
+        for s in graph.sparse_initializer:
+            yield f"tensor '{prefix}{s.values.name}'", s.values, True
+            yield f"tensor '{prefix}{s.values.name}' indices", s.indices, False
+        yield from from_nodes(graph.node, prefix)
+    for function in model.functions:
+        yield from from_nodes(function.node, f"{function.domain}.{function.name}/")
+
+
+def _check_tensor_values(model: onnx.ModelProto, model_dir: Path | None) -> Iterator[Finding]:
+    """NaN/Inf (error) and |x| > 65504 (warning under force_fp16) in every float tensor, external data included
+    when it stays inside the model's folder."""
+    base = _real_dir(model_dir)
+    for target, tensor, holds_values in _iter_tensors(model):
+        if not holds_values or tensor.data_type not in _FLOAT_TYPES:
+            continue
+        try:
+            if _is_external(tensor):
+                if base is None:
+                    continue
+                info = _external_info(tensor, base)
+                if info.path is None or info.problem is not None:
+                    continue  # reported by the external-data rule; never read outside the folder
+                chunks = _read_external_chunks(tensor, info)
+            else:
+                chunks = iter([numpy_helper.to_array(tensor)])
+            non_finite = too_big = 0
+            largest = 0.0
+            for chunk in chunks:
+                flat = np.ravel(chunk)
+                for start in range(0, flat.size, _CHUNK_ELEMENTS):
+                    values = flat[start:start + _CHUNK_ELEMENTS]
+                    if values.dtype not in (np.float32, np.float64):  # float16, bfloat16: exact in float32
+                        values = values.astype(np.float32)
+                    finite = np.isfinite(values)
+                    non_finite += int(values.size - np.count_nonzero(finite))
+                    if tensor.data_type != TensorProto.FLOAT16:  # float16 weights cannot exceed 65504
+                        magnitudes = np.abs(values[finite])
+                        too_big += int(np.count_nonzero(magnitudes > FP16_MAX))
+                        largest = max(largest, float(magnitudes.max(initial=0.0)))
+        except Exception as e:
+            yield _finding("tensor-unreadable", target, f"cannot decode the tensor ({type(e).__name__}: {e})",
+                           "re-export the model; its data does not match its type and dims")
+            continue
+        if non_finite:
+            yield _finding("tensor-non-finite", target, f"{non_finite} NaN/Inf value(s); every output they reach "
+                           "becomes NaN/Inf", "retrain or fix the checkpoint (look for a diverged run)")
+        if too_big:
+            yield _finding("tensor-fp16-overflow", target, f"{too_big} value(s) above 65504 (largest {largest:g}); "
+                           "force_fp16 (ATC's default) turns them into Inf (spec §5, §7)",
+                           "rescale the layer, or convert with --precision_mode=allow_fp32_to_fp16")
+    # Constant's value_float(s) (opset >= 12) hold values outside any TensorProto
+    for prefix, graph in _iter_graphs(model.graph):
+        for index, node in enumerate(graph.node):
+            if node.op_type != "Constant":
+                continue
+            for a in node.attribute:
+                values = {AttributeProto.FLOAT: [a.f], AttributeProto.FLOATS: list(a.floats)}.get(a.type, [])
+                non_finite = sum(not math.isfinite(v) for v in values)
+                if non_finite:
+                    yield _finding("tensor-non-finite", f"{a.name} ({_node_target(node, index, prefix)})",
+                                   f"{non_finite} NaN/Inf value(s); every output they reach becomes NaN/Inf",
+                                   "fix the constant in the model source")
+
+
+@dataclass
+class _ExternalInfo:
+    location: str
+    path: str | None  # the real path inside the model's folder, or None when it must not be touched
+    offset: int
+    length: int | None
+    problem: Finding | None
+
+
+def _text(value: str | bytes) -> str:
+    return os.fsdecode(value) if isinstance(value, bytes) else value
+
+
+def _real_dir(model_dir: Path | None) -> str | None:
+    return os.path.realpath(model_dir) if model_dir is not None else None
+
+
+def _external_info(tensor: TensorProto, base: str | None, target: str = "") -> _ExternalInfo:
+    """Where a tensor's external data lives, checked without opening anything: paths outside `base` (absolute,
+    `..`, or through a symlink) are refused before any file access."""
+    # upb hands out invalid UTF-8 strings as bytes; fsdecode maps them to the file name they spell
+    entries = {_text(e.key): _text(e.value) for e in tensor.external_data}
+    location = entries.get("location", "")
+    info = _ExternalInfo(location, None, 0, None, None)
+    try:
+        info.offset = int(entries.get("offset", "0") or 0)
+        info.length = int(entries["length"]) if entries.get("length") else None
+        if info.offset < 0 or (info.length is not None and info.length < 0):
+            raise ValueError("negative offset or length")
+    except ValueError as e:
+        info.problem = _finding("external-data-invalid", target, f"external_data offset/length unreadable ({e})",
+                                "re-save the model with onnx.save_model(..., save_as_external_data=True)")
+        return info
+    if not location or "\0" in location:
+        info.problem = _finding("external-data-invalid", target, "external data without a usable location",
+                                "re-save the model with onnx.save_model(..., save_as_external_data=True)")
+        return info
+    outside_hint = ("keep external data files beside the model and give relative locations, or embed the weights "
+                    "(onnx.load + onnx.save without external data)")
+    if os.path.isabs(location) or location.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", location):
+        info.problem = _finding("external-data-outside-folder", target, f"location '{location}' is an absolute "
+                                "path; lint does not follow it", outside_hint)
+        return info
+    if base is None:
+        if ".." in Path(location).parts:
+            info.problem = _finding("external-data-outside-folder", target, f"location '{location}' climbs out "
+                                    "of the model's folder with '..'", outside_hint)
+        return info  # no folder given: nothing on disk is looked at
+    # '..' first, on the text alone, so such a path is not even looked up; then symlinks: realpath resolves them
+    # with readlink/lstat (metadata of the link's target, never its contents).
+    joined = os.path.join(base, location)
+    for resolve, how in ((os.path.normpath, "with '..'"), (os.path.realpath, "through a symlink")):
+        candidate = resolve(joined)
+        if os.path.commonpath([base, candidate]) != base:
+            info.problem = _finding("external-data-outside-folder", target, f"location '{location}' leads out of "
+                                    f"the model's folder {how}; lint does not follow it", outside_hint)
+            return info
+    real = candidate
+    if not os.path.isfile(real):
+        info.problem = _finding("external-data-missing", target, f"external data file '{location}' is missing "
+                                "beside the model (or is not a regular file)", "copy the external data file next to the .onnx file")
+        return info
+    size = os.path.getsize(real)
+    needed = info.offset + (info.length if info.length is not None else 0)
+    if needed > size or info.offset > size:
+        info.problem = _finding("external-data-out-of-range", target, f"'{location}' has {size} bytes but the "
+                                f"tensor needs bytes up to {needed}", "copy the complete external data file")
+        return info
+    info.path = real
+    return info
+
+
+def _read_external_chunks(tensor: TensorProto, info: _ExternalInfo) -> Iterator[np.ndarray]:
+    """The tensor's values from a file inside the model's folder, a chunk at a time."""
+    dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type)).newbyteorder("<")
+    count = math.prod(tensor.dims)
+    if count < 0:
+        raise ValueError(f"negative dims {list(tensor.dims)}")
+    if info.length is not None and info.length != count * dtype.itemsize:
+        raise ValueError(f"length {info.length} != {count} x {dtype.itemsize} bytes")
+    # O_NOFOLLOW: the checked real path must still be a plain file when we open it
+    fd = os.open(info.path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    with os.fdopen(fd, "rb") as f:
+        f.seek(info.offset)
+        remaining = count
+        while remaining:
+            n = min(remaining, _CHUNK_ELEMENTS)
+            data = f.read(n * dtype.itemsize)
+            if len(data) != n * dtype.itemsize:
+                raise ValueError("the external data file ends early")
+            remaining -= n
+            yield np.frombuffer(data, dtype=dtype)
+
+
+def _check_external_data(model: onnx.ModelProto, model_dir: Path | None,
+                         external_bytes: list[int]) -> Iterator[Finding]:
+    """Every external-data reference: warn that it is there, fail if it leaves the folder or is missing.
+    Appends the sizes of the distinct external files (inside the folder) to `external_bytes`."""
+    base = _real_dir(model_dir)
+    files: set[str] = set()
+    for target, tensor, _ in _iter_tensors(model):
+        if not _is_external(tensor):
+            continue
+        info = _external_info(tensor, base, target)
+        yield _finding("external-data", target, f"stored as external data in '{info.location}'; atlas-kd's export "
+                       "embeds weights, and the spec does not say whether ATC 5.x reads external data",
+                       "embed the weights: onnx.save(onnx.load(path), out) without save_as_external_data")
+        if info.problem is not None:
+            yield info.problem
+        elif base is None:
+            yield _finding("external-data", target, "no model folder was given, so the external file was not "
+                           "checked", "lint the file with lint_file(path) to check external data")
+        if info.path is not None:
+            files.add(info.path)
+    external_bytes.extend(os.path.getsize(p) for p in sorted(files))
+
+
+def _size_text(n: int) -> str:
+    return f"{n} bytes" if n < 1 << 20 else f"{n / (1 << 20):.1f} MiB"
+
+
+def _check_size(size: int, max_board_bytes: int) -> Iterator[Finding]:
+    if size > PROTOBUF_LIMIT_BYTES:
+        yield _finding("model-too-large", "model", f"{_size_text(size)} (model + external data) is over the 2 GB "
+                       "a protobuf model can be; ATC fails to load it (E10041, spec §4)",
+                       "shrink the model (prune, distil to a smaller student)")
+    elif size > max_board_bytes:
+        yield _finding("model-over-board-budget", "model", f"{_size_text(size)} (model + external data) is over "
+                       f"the board budget of {_size_text(max_board_bytes)} (our assumption for an Atlas 200 DK, "
+                       "not a spec fact)", "shrink the model, or raise --max-board-bytes if your board has room")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# onnx.checker
+
+
+def _checkable_copy(model: onnx.ModelProto) -> tuple[onnx.ModelProto | None, str]:
+    """The model as onnx.checker and shape inference may see it: no external-data references left, so neither
+    touches a file. External initializers become graph inputs; other external tensors get zero-filled stand-ins
+    (up to _CHECKER_STAND_IN_BYTES). Returns (None, why) when that is not possible."""
+    if not any(_is_external(t) for _, t, _ in _iter_tensors(model)):
+        return model, ""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    graph = copy.graph
+    input_names = {i.name for i in graph.input}
+    kept = [t for t in graph.initializer if not _is_external(t)]
+    for t in graph.initializer:
+        if _is_external(t) and t.name not in input_names:
+            graph.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    budget = _CHECKER_STAND_IN_BYTES
+    for _, t, _ in _iter_tensors(copy):
+        if not _is_external(t):
+            continue
+        nbytes = math.prod(t.dims) * np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
+        if nbytes > budget:
+            return None, "external tensors outside the initializers are too large to stand in for"
+        budget -= nbytes
+        t.ClearField("external_data")
+        t.data_location = TensorProto.DEFAULT
+        t.raw_data = bytes(nbytes)
+    return copy, ""
+
+
+def _check_with_onnx_checker(context: _ModelContext) -> Iterator[Finding]:
+    if context.checkable_failure:
+        yield _finding("onnx-checker", "model", f"the model's external tensors are malformed "
+                       f"({context.checkable_failure}), so onnx.checker could not run",
+                       "re-export the model; ATC's parser expects a valid ONNX graph")
+        return
+    if context.checkable is None:
+        yield _finding("onnx-checker-skipped", "model", f"onnx.checker was not run: {context.checkable_note}",
+                       "embed the weights to get the full check")
+        return
+    try:
+        onnx.checker.check_model(context.checkable, full_check=True)
+    except Exception as e:  # ValidationError, InferenceError, ValueError (too big), ...
+        first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        yield _finding("onnx-checker", "model", f"onnx.checker (full_check) rejects the model: {first_line}",
+                       "re-export the model; ATC's parser expects a valid ONNX graph")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Output and CLI
+
+
+def report_dict(findings: Iterable[Finding], model: str | os.PathLike | None = None) -> dict:
+    """Findings and counts as JSON-ready data (what `--json` prints and export.json's "lint" holds)."""
+    findings = list(findings)
+    errors = sum(f.severity == ERROR for f in findings)
+    return {
+        "model": str(model) if model is not None else None,
+        "findings": [f.to_dict() for f in findings],
+        "summary": {"errors": errors, "warnings": len(findings) - errors, "exit_code": exit_code(findings)},
+    }
+
+
+def format_findings(findings: Iterable[Finding], source: str | os.PathLike | None = None) -> str:
+    """The human table: one line per finding (errors first), then a summary line."""
+    findings = sorted(findings, key=lambda f: f.severity != ERROR)
+    lines = [f"{f.severity.upper():7} {f.rule} {f.target}: {f.message} (hint: {f.hint})" for f in findings]
+    errors = sum(f.severity == ERROR for f in findings)
+    warnings = len(findings) - errors
+    counts = f"{errors} error{'s' * (errors != 1)}, {warnings} warning{'s' * (warnings != 1)}"
+    lines.append(f"{source}: {counts}" if source is not None else counts)
+    return "\n".join(lines)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0: {value}")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="the ONNX file to check")
+    parser.add_argument("--json", action="store_true", help="print the findings and a summary as JSON")
+    parser.add_argument("--max-board-bytes", type=_positive_int, default=DEFAULT_MAX_BOARD_BYTES,
+                        help="warn above this model size (model + external data); default %(default)s, "
+                             "our assumption for an Atlas 200 DK")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Exit 0: no errors; 1: errors; 2: the file could not be read."""
+    findings = lint_file(args.model, max_board_bytes=args.max_board_bytes)
+    if args.json:
+        print(json.dumps(report_dict(findings, args.model), indent=2))
+    else:
+        print(format_findings(findings, source=args.model))
+    return exit_code(findings)
