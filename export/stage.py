@@ -1,0 +1,173 @@
+"""The export stage: checkpoint -> model.raw.onnx -> model.onnx (onnxsim) -> lint -> golden data + parity.
+
+`atlas-kd export --run runs/NAME` reads the run's student checkpoint and config; `--onnx FILE` starts from a
+user's own ONNX instead (then there is no torch model, so parity is not measured). Writes export.json.
+A lint error stops the stage (exit 1) with the findings listed.
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+from atlas.config import Config, add_config_arguments, config_from_args, default_run_dir
+from atlas.errors import UserError
+from atlas.fileio import atomic_path, sha256_file, write_json
+from export import lint
+from export.onnx_export import INPUT_NAME, OUTPUT_NAME, export_onnx
+from export.reference import onnx_session, parity, run_onnx, torch_logits, write_golden
+from export.simplify import simplify_onnx
+
+# Findings that mean "this file cannot be used at all" for a user's ONNX: exit 2 like any unreadable input.
+_UNUSABLE = lint.UNREADABLE_RULES | {"external-data-outside-folder", "external-data-missing", "graph-missing"}
+
+
+def export(cfg: Config, run_dir: str | Path, *, checkpoint_path: str | Path | None = None,
+           onnx_path: str | Path | None = None, log=print) -> dict:
+    from training import checkpoint
+    from training.data import dataset_info, load_dataset, normalize
+
+    run_dir = Path(run_dir)
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    raw_path, model_path = run_dir / "model.raw.onnx", run_dir / "model.onnx"
+    model = None
+    if onnx_path is None:
+        checkpoint_path = Path(checkpoint_path) if checkpoint_path else run_dir / "student.pt"
+        model, payload = checkpoint.load_model(checkpoint_path, expect_arch=cfg.student.model)
+        dataset_name, normalization = payload["dataset"], payload["normalization"]
+        input_shape = [cfg.export.batch, *payload["input_shape"]]
+        source = {"checkpoint": str(checkpoint_path), "arch": payload["arch"]}
+        run_dir.mkdir(parents=True, exist_ok=True)
+        export_onnx(model, input_shape, raw_path, opset=cfg.export.opset)
+    else:
+        onnx_path = Path(onnx_path)
+        problems = [f for f in lint.lint_file(onnx_path) if f.rule in _UNUSABLE]
+        if problems:
+            raise UserError(f"{onnx_path}: {problems[0].message}")
+        info = dataset_info(cfg.data.dataset)
+        dataset_name, normalization = info.name, {"mean": list(info.mean), "std": list(info.std)}
+        source = {"onnx": str(onnx_path)}
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with atomic_path(raw_path, suffix=".onnx") as tmp:
+            shutil.copyfile(onnx_path, tmp)
+    timings["export_s"] = time.perf_counter() - t0
+
+    t = time.perf_counter()
+    if cfg.export.simplify:
+        sizes = simplify_onnx(raw_path, model_path)
+    else:
+        with atomic_path(model_path, suffix=".onnx") as tmp:
+            shutil.copyfile(raw_path, tmp)
+        sizes = None
+    timings["simplify_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    findings = lint.lint_file(model_path)
+    timings["lint_s"] = time.perf_counter() - t
+    lint_report = lint.report_dict(findings, model_path.name)
+    if lint.has_errors(findings):
+        write_json(run_dir / "export.json", {"source": source, "lint": lint_report, "failed": "lint"})
+        log(lint.format_findings(findings, model_path))
+        raise UserError(f"{model_path}: lint found {lint_report['summary']['errors']} error(s) that ATC would refuse "
+                        "(listed above); fix the model and export again", exit_code=1)
+
+    t = time.perf_counter()
+    session = onnx_session(model_path)
+    io_in, io_out = session.get_inputs()[0], session.get_outputs()[0]
+    data = load_dataset(dataset_name, cfg.data.dir or None, progress=False)
+    count = min(cfg.export.golden_count, len(data.test_labels))
+    if count < 1:
+        raise UserError(f"export.golden_count must be >= 1 (got {cfg.export.golden_count})")
+    images, labels = data.test_images[:count], data.test_labels[:count]
+    inputs = normalize(images, normalization["mean"], normalization["std"])
+    reference = run_onnx(session, inputs)
+    timings["reference_s"] = time.perf_counter() - t
+
+    parity_report = None
+    if model is not None:
+        t = time.perf_counter()
+        parity_report = parity(torch_logits(model, inputs), reference)
+        parity_report["atol"] = cfg.export.parity_atol
+        parity_report["passed"] = parity_report["max_abs_diff"] <= cfg.export.parity_atol and parity_report["top1_identical"]
+        timings["parity_s"] = time.perf_counter() - t
+        if not parity_report["passed"]:
+            raise UserError(f"torch and onnxruntime disagree on the golden set (max |diff| "
+                            f"{parity_report['max_abs_diff']:.2e} > {cfg.export.parity_atol:g}, or top-1 differs); "
+                            "the export is not faithful", exit_code=1)
+
+    aipp = cfg.om.aipp
+    board_inputs = images if aipp else inputs  # AIPP normalises on chip: the board gets the raw uint8 pixels
+    golden = write_golden(run_dir / "golden", board_inputs=board_inputs, labels=labels, reference=reference)
+    accuracy = float((reference.argmax(1) == labels).mean())
+    timings["total_s"] = time.perf_counter() - t0
+    report = {
+        "source": source,
+        "dataset": dataset_name,
+        "onnx": {"path": model_path.name, "raw_path": raw_path.name, "opset": _opset(model_path),
+                 "bytes": model_path.stat().st_size, "raw_bytes": raw_path.stat().st_size,
+                 "sha256": sha256_file(model_path), "simplify": sizes},
+        "input": {"name": io_in.name, "shape": list(io_in.shape), "dtype": "float32", "layout": "NCHW"},
+        "output": {"name": io_out.name, "shape": list(io_out.shape)},
+        "normalization": {"mean": list(normalization["mean"]), "std": list(normalization["std"])},
+        "board_input": {"path": golden["inputs"], "dtype": str(board_inputs.dtype),
+                        "layout": "NHWC" if aipp else "NCHW", "aipp": aipp},
+        "golden": golden,
+        "reference_accuracy": accuracy,
+        "parity": parity_report,
+        "lint": lint_report,
+        "timings_s": timings,
+    }
+    write_json(run_dir / "export.json", report)
+    log(format_summary(report))
+    return report
+
+
+def _opset(path: Path) -> int | None:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+
+
+def format_summary(report: dict) -> str:
+    o, s = report["onnx"], report["onnx"]["simplify"]
+    nodes = f"{s['before']['nodes']} -> {s['after']['nodes']} nodes, " if s else ""
+    lines = [f"ONNX opset {o['opset']}, input {report['input']['name']} {report['input']['shape']} -> "
+             f"{report['output']['name']} {report['output']['shape']}: {nodes}{o['raw_bytes']:,} -> {o['bytes']:,} bytes",
+             f"lint: {report['lint']['summary']['errors']} errors, {report['lint']['summary']['warnings']} warnings"]
+    p = report["parity"]
+    if p:
+        lines.append(f"torch vs onnxruntime on {p['count']} golden images: max |diff| {p['max_abs_diff']:.2e}, "
+                     f"top-1 identical: {'yes' if p['top1_identical'] else 'NO'}")
+    b = report["board_input"]
+    lines.append(f"golden: {report['golden']['count']} images ({b['dtype']} {b['layout']}{', AIPP' if b['aipp'] else ''}), "
+                 f"reference accuracy {100 * report['reference_accuracy']:.2f} %; stage took {report['timings_s']['total_s']:.1f} s")
+    return "\n".join(lines)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--run", metavar="DIR", help="run folder (default runs/<config name>)")
+    parser.add_argument("--checkpoint", metavar="PT", help="checkpoint to export (default <run>/student.pt)")
+    parser.add_argument("--onnx", metavar="FILE", help="start from your own ONNX instead of a checkpoint")
+    add_config_arguments(parser, sections=["data", "student", "export", "om"])
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.run:
+        run_dir = Path(args.run)
+        cfg = config_from_args(args, run_dir)
+    else:
+        cfg = config_from_args(args)
+        run_dir = default_run_dir(cfg)
+        if (run_dir / "config.json").exists() and args.config is None:
+            cfg = config_from_args(args, run_dir)
+    if args.onnx and args.checkpoint:
+        raise UserError("--onnx and --checkpoint exclude each other: export either your ONNX or a checkpoint")
+    if not args.onnx and not (run_dir / "config.json").exists() and args.config is None:
+        raise UserError(f"{run_dir} has no config.json: train first (atlas-kd train), or pass --config / --onnx")
+    export(cfg, run_dir, checkpoint_path=args.checkpoint, onnx_path=args.onnx)
+    return 0
