@@ -1,0 +1,272 @@
+"""Run an offline model (.om) on the Atlas board over a .npy of inputs; write outputs.npy and timing.json.
+
+    python3 app/infer.py --model model.om --input inputs.npy --output outputs.npy --batch B [--loop K]
+                         [--device 0] [--timing timing.json]
+
+Runs on the board's Python (3.6 or 3.7.5) with numpy and pyACL (`acl`) only; its helpers are the sibling modules
+acl_consts.py and acl_session.py. Inputs are float32 NCHW, or uint8 NHWC for a model with static AIPP: the
+per-sample shape and dtype come from the model description, and a .npy that does not match is refused.
+
+Exit status: 0 done; 1 an ACL call failed (the line names the call and its code); 2 bad arguments, files or model.
+Every ACL resource is released in reverse order, also after a failure.
+"""
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+
+from acl_session import AclError, ModelError, ModelSession
+import acl_consts as C
+
+PROG = "infer.py"
+# = SIM_MAGIC in atlas/sim/sim_om.py, copied because nothing of the project but this folder reaches the board
+SIM_OM_MAGIC = b"AKDSIMOM"
+SIM_OM_ON_REAL_BOARD = ("this is a simulated .om, built by atc-sim: a real Ascend board cannot run it; "
+                        "build a real one with `make om` (ATC)")
+NPY_MAGIC = b"\x93NUMPY"
+PROGRESS_EVERY_S = 2.0
+
+
+class UsageError(Exception):
+    """Bad arguments, unreadable files or inputs that do not fit the model (exit 2)."""
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(prog=PROG, description="Run an .om over a .npy of inputs with pyACL.")
+    parser.add_argument("--model", required=True, help="the offline model (.om)")
+    parser.add_argument("--input", required=True, help=".npy of inputs: float32 NCHW, or uint8 NHWC with AIPP")
+    parser.add_argument("--output", required=True, help=".npy to write: float32 outputs, one row per input")
+    parser.add_argument("--batch", type=int, default=None,
+                        help="samples per execution; must equal the batch the .om was built with (default: that)")
+    parser.add_argument("--loop", type=int, default=1, help="run the whole input K times for steadier timing")
+    parser.add_argument("--device", type=int, default=0, help="device id (the Atlas 200 DK has one: 0)")
+    parser.add_argument("--timing", default=None, help="timing JSON to write (default: timing.json beside --output)")
+    args = parser.parse_args(argv)
+    if args.loop < 1:
+        parser.error("--loop must be >= 1")
+    if args.batch is not None and args.batch < 1:
+        parser.error("--batch must be >= 1")
+    if args.timing is None:
+        args.timing = os.path.join(os.path.dirname(os.path.abspath(args.output)), "timing.json")
+    return args
+
+
+def read_model_head(path):
+    """The first 8 bytes of the model file; UsageError if it cannot be read or is empty."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except (OSError, IOError) as e:
+        raise UsageError("cannot read the model %s: %s" % (path, e.strerror or e))
+    if not head:
+        raise UsageError("the model %s is empty" % path)
+    return head
+
+
+def load_inputs(path):
+    """The input array, memory-mapped; UsageError if it is not a readable .npy of at least one sample."""
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(len(NPY_MAGIC))
+        if magic != NPY_MAGIC:
+            raise UsageError("the inputs %s are not a .npy file (no NUMPY magic at the start)" % path)
+        inputs = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, IOError) as e:
+        raise UsageError("cannot read the inputs %s: %s" % (path, getattr(e, "strerror", None) or e))
+    except ValueError as e:
+        raise UsageError("the inputs %s are not a readable .npy array: %s" % (path, e))
+    if not isinstance(inputs, np.ndarray) or inputs.ndim < 2 or inputs.shape[0] == 0:
+        raise UsageError("the inputs %s must be an array of one or more samples, got shape %s"
+                         % (path, getattr(inputs, "shape", None)))
+    return inputs
+
+
+def import_acl():
+    try:
+        import acl
+    except ImportError as e:
+        raise UsageError("cannot import pyACL (`import acl`: %s); source the CANN environment first "
+                         "(e.g. /usr/local/Ascend/ascend-toolkit/set_env.sh)" % e)
+    return acl
+
+
+def is_sim_acl(acl):
+    # The emulator (atlas/sim/acl) carries this marker; the real pyACL has no such attribute.
+    return bool(getattr(acl, "__atlas_kd_sim__", False))
+
+
+def check_inputs_fit(inputs, path, model_input, batch):
+    """UsageError unless each sample of `inputs` has the shape and dtype model input 0 takes."""
+    shapes = model_input.sample_shapes
+    sample_shape = tuple(inputs.shape[1:])
+    if sample_shape not in shapes or inputs.dtype != np.dtype(model_input.dtype):
+        raise UsageError("the inputs %s have samples of shape %s %s, but the model takes %s %s per sample "
+                         "(model input dims %s)" % (path, _shape(sample_shape), inputs.dtype,
+                                                     " or ".join(_shape(s) for s in shapes), model_input.dtype,
+                                                     model_input.dims))
+    if batch is not None and batch != model_input.batch:
+        raise UsageError("--batch %d does not match the model's batch %d (an .om has the batch it was built "
+                         "with); pass --batch %d or rebuild the .om with batch %d"
+                         % (batch, model_input.batch, model_input.batch, batch))
+
+
+def _shape(shape):
+    return "(" + ",".join(str(d) for d in shape) + ")"
+
+
+def run_passes(session, inputs, loop, progress):
+    """Run the inputs through the model `loop` times; returns (outputs of the first pass as float32, timings)."""
+    batch = session.input.batch
+    count = inputs.shape[0]
+    executions = int(math.ceil(count / float(batch)))
+    output = session.outputs[0]
+    results = np.empty((count,) + tuple(output.dims[1:]), dtype=np.float32)
+    padded = np.zeros((batch,) + tuple(inputs.shape[1:]), dtype=inputs.dtype)
+    copy_in_s, execute_s, copy_out_s = [], [], []
+    started = time.perf_counter()
+    for loop_index in range(loop):
+        for step in range(executions):
+            first = step * batch
+            last = min(first + batch, count)
+            if last - first == batch:
+                samples = np.ascontiguousarray(inputs[first:last])
+            else:  # the last partial batch: zero padding, trimmed from the outputs below
+                padded[:last - first] = inputs[first:last]
+                padded[last - first:] = 0
+                samples = padded
+            model_outputs, seconds = session.run_batch(samples)
+            copy_in_s.append(seconds[0])
+            execute_s.append(seconds[1])
+            copy_out_s.append(seconds[2])
+            if loop_index == 0:
+                results[first:last] = model_outputs[0][:last - first].astype(np.float32)
+            progress(loop_index * executions + step + 1, loop * executions)
+    total_s = time.perf_counter() - started
+    return results, {"copy_in": copy_in_s, "execute": execute_s, "copy_out": copy_out_s, "total": total_s,
+                     "executions_per_pass": executions}
+
+
+def make_progress(out):
+    state = {"last": time.perf_counter()}
+
+    def progress(done, total):
+        now = time.perf_counter()
+        if done < total and now - state["last"] < PROGRESS_EVERY_S:
+            return
+        state["last"] = now
+        out.write("%s: %d/%d executions (%d%%)\n" % (PROG, done, total, 100 * done // total))
+        out.flush()
+    return progress
+
+
+def timing_report(args, session, inputs, timings, acl_kind):
+    execute_ms = np.array(timings["execute"]) * 1000.0
+    images = inputs.shape[0] * args.loop
+    return {
+        "acl": acl_kind,
+        "run_mode": C.RUN_MODE_NAMES.get(session.run_mode, str(session.run_mode)),
+        "device": args.device,
+        "model": args.model,
+        "model_load_ms": round(session.load_ms, 3),
+        "batch": session.input.batch,
+        "loop": args.loop,
+        "samples": int(inputs.shape[0]),
+        "executions": len(timings["execute"]),
+        "executions_per_pass": timings["executions_per_pass"],
+        # execute only: the copies are reported apart (msame/ais_bench report inference time the same way)
+        "latency_ms": {
+            "p50": round(float(np.percentile(execute_ms, 50)), 4),
+            "p90": round(float(np.percentile(execute_ms, 90)), 4),
+            "p99": round(float(np.percentile(execute_ms, 99)), 4),
+            "mean": round(float(execute_ms.mean()), 4),
+            "min": round(float(execute_ms.min()), 4),
+            "max": round(float(execute_ms.max()), 4),
+        },
+        "copy_in_ms_total": round(sum(timings["copy_in"]) * 1000.0, 3),
+        "copy_out_ms_total": round(sum(timings["copy_out"]) * 1000.0, 3),
+        "execute_ms_total": round(float(execute_ms.sum()), 3),
+        "wall_ms_total": round(timings["total"] * 1000.0, 3),
+        # images through the whole copy-in/execute/copy-out loop per second of wall time
+        "throughput_images_per_s": round(images / timings["total"], 2) if timings["total"] > 0 else None,
+        "input": {"shape": list(session.input.dims), "dtype": session.input.dtype,
+                  "memcpy_kind": C.MEMCPY_KIND_NAMES[session.copy_in_kind]},
+        "output": {"shape": list(session.outputs[0].dims), "dtype": session.outputs[0].dtype,
+                   "memcpy_kind": C.MEMCPY_KIND_NAMES[session.copy_out_kind], "written_as": "float32"},
+        "host_staging": "bytes_to_ptr/ptr_to_bytes" if session.staging == "bytes" else "numpy_to_ptr/ptr_to_numpy",
+        "python": platform.python_version(),
+    }
+
+
+def write_atomically(path, write):
+    """Write through `write(file)` to a temp name beside `path`, then rename: never a half-written file."""
+    directory = os.path.dirname(os.path.abspath(path))
+    temp = os.path.join(directory, ".%s.tmp-%d" % (os.path.basename(path), os.getpid()))
+    try:
+        if not os.path.isdir(directory):
+            os.makedirs(directory)
+        with open(temp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temp, path)
+    except (OSError, IOError) as e:
+        if os.path.exists(temp):
+            os.remove(temp)
+        raise UsageError("cannot write %s: %s" % (path, e.strerror or e))
+
+
+def run(args):
+    head = read_model_head(args.model)
+    inputs = load_inputs(args.input)
+    acl = import_acl()
+    sim = is_sim_acl(acl)
+    if head[:8] == SIM_OM_MAGIC and not sim:
+        raise UsageError("%s: %s" % (args.model, SIM_OM_ON_REAL_BOARD))
+
+    session = ModelSession(acl, args.model, args.device)
+    try:
+        session.open()
+        check_inputs_fit(inputs, args.input, session.input, args.batch)
+        if len(session.outputs) > 1:
+            print("%s: the model has %d outputs; writing output 0" % (PROG, len(session.outputs)))
+        outputs, timings = run_passes(session, inputs, args.loop, make_progress(sys.stdout))
+    finally:
+        for warning in session.close():
+            sys.stderr.write("%s: warning: release failed: %s\n" % (PROG, warning))
+
+    report = timing_report(args, session, inputs, timings, "sim" if sim else "real")
+    write_atomically(args.output, lambda f: np.save(f, outputs))
+    write_atomically(args.timing, lambda f: f.write((json.dumps(report, indent=2) + "\n").encode("utf-8")))
+    print("%s: done: %d samples x %d loop, batch %d, %d executions; execute p50 %.3f ms, p99 %.3f ms; "
+          "%.1f images/s; load %.1f ms (acl %s, %s); wrote %s and %s"
+          % (PROG, report["samples"], args.loop, report["batch"], report["executions"], report["latency_ms"]["p50"],
+             report["latency_ms"]["p99"], report["throughput_images_per_s"] or 0.0, report["model_load_ms"],
+             report["acl"], report["run_mode"], args.output, args.timing))
+    return 0
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        return run(args)
+    except AclError as e:
+        return _fail(e, 1)
+    except (UsageError, ModelError) as e:
+        return _fail(e, 2)
+    except KeyboardInterrupt:
+        return _fail("interrupted", 130)
+
+
+def _fail(message, code):
+    sys.stdout.flush()
+    sys.stderr.write("%s: error: %s\n" % (PROG, message))
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
