@@ -138,7 +138,7 @@ _Factory = Callable[..., nn.Module]
 MODELS: dict[str, tuple[str, _Factory, dict]] = {
     "mlp2000": ("teacher", lambda c, s, n, **k: MLP(c * s * s, num_classes=n, **k), {"hidden": [2000, 2000], "dropout": 0.2}),
     "cnn": ("teacher", lambda c, s, n, **k: PlainCNN(c, s, n, **k),
-            {"stages": [[32, 32], [64, 64]], "hidden": [256], "dropout": 0.3}),
+            {"stages": [[32], [64], [128]], "hidden": [256], "dropout": 0.3}),
     "resnet20": ("teacher", lambda c, s, n, **k: ResNet(c, n, **k), {"widths": [16, 32, 64], "blocks": [3, 3, 3]}),
     "resnet18": ("teacher", lambda c, s, n, **k: ResNet(c, n, **k), {"widths": [64, 128, 256, 512], "blocks": [2, 2, 2, 2]}),
     "mlp50": ("student", lambda c, s, n, **k: MLP(c * s * s, num_classes=n, **k), {"hidden": [50, 50]}),
