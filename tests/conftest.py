@@ -51,3 +51,22 @@ def tiny_config(tmp_path: Path) -> Path:
     path = tmp_path / "tiny.toml"
     path.write_text(TINY_CONFIG)
     return path
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory) -> Path:
+    """A trained demo student taken through train -> export (1,000 golden images) -> om --sim, once per session.
+
+    Trained on a slice of the embedded MNIST sample so it takes seconds; the golden set is the sample's full
+    1,000-image test split, as `make demo` uses it. Read-only for tests: copy it before changing anything.
+    """
+    from atlas.cli import main
+
+    run = tmp_path_factory.mktemp("demo-run") / "demo"
+    config = run.parent / "tiny.toml"
+    config.write_text(TINY_CONFIG.replace("test_limit = 200", "test_limit = 0"))
+    for argv in (["train", "--config", str(config), "--run", str(run), "--no-progress"],
+                 ["export", "--run", str(run)],
+                 ["om", "--run", str(run), "--sim"]):
+        assert main(argv) == 0, f"demo_run fixture: atlas-kd {' '.join(argv)} failed"
+    return run

@@ -1,7 +1,7 @@
 """The on-board app (atlas/board/infer.py), run as the board runs it: a subprocess with the emulator on PYTHONPATH.
 
-The acceptance tests take their model and golden data from the `golden_case` fixture; it builds a tiny CNN with
-deterministic MNIST-like inputs today and is the one place to re-point at a trained demo student's run folder.
+The acceptance tests take their model and golden data from the `golden_case` fixture: a trained demo student
+(conftest `demo_run`) with its 1,000 golden images and onnxruntime reference.
 """
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import importlib.util
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -31,25 +32,33 @@ KNOBS = ("ATLAS_KD_SIM_ACL_RUN_MODE", "ATLAS_KD_SIM_ACL_FAIL", "ATLAS_KD_SIM_ACL
 
 
 class GoldenCase:
-    """Golden inputs (float32 NCHW), their fp32 onnxruntime reference, and a sim .om for a given batch, built by
-    atc-sim (so the emulator runs float16 numerics, as the 310 computes with ATC's default force_fp16)."""
+    """The trained demo student (conftest `demo_run`): its 1,000 golden inputs (float32 NCHW), its onnxruntime fp32
+    reference, and a sim .om per batch size, built by the real route (export with that batch, then `om --sim`,
+    so the emulator runs float16 numerics as the 310 computes with ATC's default force_fp16)."""
 
-    def __init__(self, folder: Path):
-        self.folder = folder
-        self.inputs = folder / "inputs.npy"
-        np.save(self.inputs, normalise(mnist_like_images(GOLDEN_COUNT, seed=1)))
-        self.reference = onnx_reference(build_tiny_cnn_onnx(1), np.load(self.inputs), 1)
-        self._oms: dict[int, Path] = {}
+    def __init__(self, demo_run: Path, folder: Path):
+        self.demo_run, self.folder = demo_run, folder
+        self.inputs = demo_run / "golden" / "inputs.npy"
+        self.reference = np.load(demo_run / "golden" / "reference.npy")
+        self._oms: dict[int, Path] = {1: demo_run / "model.om"}
 
     def om(self, batch: int) -> Path:
         if batch not in self._oms:
-            self._oms[batch] = build_with_atc_sim(self.folder, batch)
+            from atlas.cli import main
+
+            run = self.folder / f"b{batch}"
+            run.mkdir()
+            for name in ("config.json", "student.pt"):
+                shutil.copy(self.demo_run / name, run / name)
+            assert main(["export", "--run", str(run), "--export-batch", str(batch), "--export-golden-count", "10"]) == 0
+            assert main(["om", "--run", str(run), "--sim"]) == 0
+            self._oms[batch] = run / "model.om"
         return self._oms[batch]
 
 
 @pytest.fixture(scope="module")
-def golden_case(tmp_path_factory):
-    return GoldenCase(tmp_path_factory.mktemp("golden"))
+def golden_case(demo_run, tmp_path_factory):
+    return GoldenCase(demo_run, tmp_path_factory.mktemp("golden"))
 
 
 class Run:
