@@ -12,7 +12,7 @@ AIPP    ?=
 ARGS    ?=
 CLI      = $(BIN)/atlas-kd
 
-.PHONY: venv train onnx om deploy verify all demo test test-slow clean help
+.PHONY: venv train onnx om deploy verify all demo doctor test test-slow clean help
 
 help:
 	@echo "make demo | test | train | onnx | om [SIM=1] | deploy BOARD=... | verify | all   (CONFIG=$(CONFIG) RUN=$(RUN))"
@@ -30,6 +30,16 @@ venv: $(STAMP)
 
 train: $(STAMP)
 	$(CLI) train --config $(CONFIG) --run $(RUN) $(ARGS)
+
+onnx: $(STAMP)
+	$(CLI) export --run $(RUN) $(if $(AIPP),--om-aipp true) $(ARGS)
+
+# `make om` runs the real ATC (CANN toolkit); `make om SIM=1` the atc-sim stand-in (board-free rehearsal).
+om: $(STAMP)
+	$(CLI) om --run $(RUN) $(if $(SIM),--sim) $(if $(AIPP),--aipp) $(ARGS)
+
+doctor: $(STAMP)
+	$(CLI) doctor $(if $(BOARD),--board $(BOARD))
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
