@@ -15,6 +15,18 @@ from torch import nn
 from atlas.errors import UserError
 
 
+def _dense_layers(width: int, hidden: list[int], num_classes: int, dropout: float) -> list[nn.Module]:
+    """Flatten, then Linear+ReLU(+Dropout) per hidden width, then the classifier Linear."""
+    layers: list[nn.Module] = [nn.Flatten()]
+    for h in hidden:
+        layers += [nn.Linear(width, h), nn.ReLU(inplace=True)]
+        if dropout:
+            layers.append(nn.Dropout(dropout))
+        width = h
+    layers.append(nn.Linear(width, num_classes))
+    return layers
+
+
 def _conv_bn(cin: int, cout: int, k: int = 3, stride: int = 1) -> list[nn.Module]:
     return [nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
 
@@ -24,15 +36,7 @@ class MLP(nn.Module):
 
     def __init__(self, in_features: int, hidden: list[int], num_classes: int, dropout: float = 0.0):
         super().__init__()
-        layers: list[nn.Module] = [nn.Flatten()]
-        width = in_features
-        for h in hidden:
-            layers += [nn.Linear(width, h), nn.ReLU(inplace=True)]
-            if dropout:
-                layers.append(nn.Dropout(dropout))
-            width = h
-        layers.append(nn.Linear(width, num_classes))
-        self.net = nn.Sequential(*layers)
+        self.net = nn.Sequential(*_dense_layers(in_features, hidden, num_classes, dropout))
 
     def forward(self, x):
         return self.net(x)
@@ -56,15 +60,7 @@ class PlainCNN(nn.Module):
             layers.append(nn.MaxPool2d(2))
             size //= 2
         self.features = nn.Sequential(*layers)
-        head: list[nn.Module] = [nn.Flatten()]
-        width = cin * size * size
-        for h in hidden:
-            head += [nn.Linear(width, h), nn.ReLU(inplace=True)]
-            if dropout:
-                head.append(nn.Dropout(dropout))
-            width = h
-        head.append(nn.Linear(width, num_classes))
-        self.classifier = nn.Sequential(*head)
+        self.classifier = nn.Sequential(*_dense_layers(cin * size * size, hidden, num_classes, dropout))
 
     def forward(self, x):
         return self.classifier(self.features(x))
