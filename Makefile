@@ -42,7 +42,7 @@ doctor: $(STAMP)
 	$(CLI) doctor $(if $(BOARD),--board $(BOARD))
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not slow"
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
