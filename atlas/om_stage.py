@@ -105,7 +105,7 @@ def build_om(run_dir: str | Path, cfg: OmConfig, *, onnx_path: str | Path | None
     if cfg.soc_version != "Ascend310":
         print(f"note: --soc_version {cfg.soc_version}; the Atlas 200 DK is Ascend310 (spec §1)", file=sys.stderr)
 
-    work = Path(tempfile.mkdtemp(prefix=".atc-", dir=run_dir))
+    work = Path(tempfile.mkdtemp(prefix=".atc-", dir=run_dir)).resolve()  # ATC runs with cwd=run_dir
     om_final = run_dir / OM_NAME
     try:
         output_base = work / "model"  # the .om's internal name is the --output base name (spec §8)

@@ -57,6 +57,14 @@ def test_sim_route_builds_model_om_and_atc_json(tmp_path, capsys):
     assert elapsed < 5.0
 
 
+def test_relative_run_folder_works_as_make_passes_it(tmp_path, monkeypatch):
+    make_run(tmp_path / "runs" / "demo")
+    monkeypatch.chdir(tmp_path)
+    assert om("--run", "runs/demo", "--sim") == 0
+    assert sim_om.is_sim_om((tmp_path / "runs" / "demo" / "model.om").read_bytes())
+    assert leftovers(tmp_path / "runs" / "demo") == []
+
+
 def test_make_om_sim_takes_under_5_seconds_as_a_process(tmp_path):
     run = make_run(tmp_path / "run")
     cli = Path(sys.executable).parent / "atlas-kd"
