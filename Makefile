@@ -11,6 +11,7 @@ SIM     ?=
 AIPP    ?=
 ARGS    ?=
 CLI      = $(BIN)/atlas-kd
+SIM_BOARD := demo-board
 
 .PHONY: venv train onnx om deploy verify all demo doctor test test-slow clean help
 
@@ -38,6 +39,16 @@ onnx: $(STAMP)
 om: $(STAMP)
 	$(CLI) om --run $(RUN) $(if $(SIM),--sim) $(if $(AIPP),--aipp) $(ARGS)
 
+deploy: $(STAMP)
+	@test -n "$(BOARD)" || { echo "make deploy: set BOARD=user@host[:port] (or an ssh alias; several: BOARD='a b')"; exit 2; }
+	$(CLI) deploy --run $(RUN) $(foreach b,$(BOARD),--board $(b)) $(ARGS)
+
+verify: $(STAMP)
+	$(CLI) verify --run $(RUN) $(ARGS)
+
+# The real road: train, export, ATC, a real board, verification.
+all: train onnx om deploy verify
+
 doctor: $(STAMP)
 	$(CLI) doctor $(if $(BOARD),--board $(BOARD))
 
@@ -47,8 +58,16 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
 
+# The whole road on the embedded default, board-free: atc-sim and a local sim board (sshd on 127.0.0.1 with the
+# pyACL emulator). The sim board is stopped again whatever happens.
 demo: $(STAMP)
 	$(CLI) train --config $(CONFIG) --run $(RUN) $(ARGS)
+	$(CLI) export --run $(RUN)
+	$(CLI) om --run $(RUN) --sim
+	@set -e; $(CLI) sim-board start --name $(SIM_BOARD); \
+	trap '$(CLI) sim-board stop --name $(SIM_BOARD) >/dev/null' EXIT; \
+	$(CLI) deploy --run $(RUN) --board $(SIM_BOARD) --ssh-config .cache/sim-board/$(SIM_BOARD)/ssh_config; \
+	$(CLI) verify --run $(RUN)
 
 clean:
 	rm -rf runs/

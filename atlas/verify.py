@@ -1,0 +1,238 @@
+"""The verify stage: the board's outputs against the onnxruntime reference, with the metrics Huawei's
+accuracy-comparison tools use (CosineSimilarity, MaxAbsoluteError, MeanAbsoluteError) plus top-1 agreement and
+accuracy against the labels. Writes verify.json, report.md (the whole run on one page) and confusion.png.
+
+Default thresholds (DESIGN.md): top-1 agreement >= 99.9 %, min per-sample cosine >= 0.999; the 310 computes
+in float16, so exact equality is not expected. Exit 0 pass, 1 fail, 2 error.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from atlas.config import Config, VerifyConfig, add_config_arguments, config_from_args
+from atlas.errors import UserError
+from atlas.fileio import atomic_path, read_json, write_json, write_text
+
+
+def compare(outputs: np.ndarray, reference: np.ndarray, labels: np.ndarray) -> dict:
+    """Per-sample cosine, absolute errors, top-1 agreement and accuracies (plain numbers, JSON-ready)."""
+    if outputs.shape != reference.shape:
+        raise UserError(f"board outputs have shape {list(outputs.shape)}, the reference {list(reference.shape)}: "
+                        "they are not outputs of the same model on the same golden inputs (deploy again)")
+    if len(labels) != len(reference):
+        raise UserError(f"{len(labels)} labels for {len(reference)} reference rows: golden/ is inconsistent (export again)")
+    out, ref = outputs.astype(np.float64), reference.astype(np.float64)
+    finite = np.isfinite(out).all(axis=1)
+    norms = np.linalg.norm(out, axis=1) * np.linalg.norm(ref, axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cosine = np.where(norms > 0, (out * ref).sum(axis=1) / norms, 0.0)
+    cosine = np.where(finite, cosine, 0.0)  # a NaN/Inf row matches nothing
+    abs_err = np.abs(out - ref)
+    board_top1, ref_top1 = out.argmax(axis=1), ref.argmax(axis=1)
+    agree = (board_top1 == ref_top1) & finite
+    worst = int(np.argmin(cosine))
+    return {
+        "count": int(len(ref)),
+        "non_finite_rows": int((~finite).sum()),
+        "cosine_min": float(cosine.min()),
+        "cosine_mean": float(cosine.mean()),
+        "worst_sample": worst,
+        "max_abs_error": float(np.nanmax(np.where(np.isfinite(abs_err), abs_err, np.inf))),
+        "mean_abs_error": float(abs_err[finite].mean()) if finite.any() else float("inf"),
+        "top1_agreement": float(agree.mean()),
+        "top1_disagreements": int((~agree).sum()),
+        "accuracy_reference": float((ref_top1 == labels).mean()),
+        "accuracy_board": float(((board_top1 == labels) & finite).mean()),
+    }
+
+
+def judge(metrics: dict, thresholds: VerifyConfig) -> list[str]:
+    """The thresholds that failed, each as one readable clause (empty: pass)."""
+    failed = []
+    if metrics["top1_agreement"] < thresholds.min_top1_agreement:
+        failed.append(f"top-1 agreement {100 * metrics['top1_agreement']:.2f} % < "
+                      f"{100 * thresholds.min_top1_agreement:.2f} % ({metrics['top1_disagreements']} of "
+                      f"{metrics['count']} images differ)")
+    if not metrics["cosine_min"] >= thresholds.min_cosine:
+        failed.append(f"min cosine {metrics['cosine_min']:.6f} < {thresholds.min_cosine} "
+                      f"(sample {metrics['worst_sample']})")
+    if metrics["non_finite_rows"]:
+        failed.append(f"{metrics['non_finite_rows']} output rows hold NaN or Inf")
+    return failed
+
+
+def _load(path: Path, what: str, stage: str) -> np.ndarray:
+    if not path.is_file():
+        raise UserError(f"{path} not found: {what} comes from {stage}")
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise UserError(f"{path}: not a readable .npy ({e})") from None
+
+
+def board_dirs(run_dir: Path, board_dir: str | None) -> list[Path]:
+    """The folders holding a board's outputs: --board-dir, else those deploy.json lists, else board/."""
+    if board_dir:
+        return [Path(board_dir)]
+    deploy_json = run_dir / "deploy.json"
+    if deploy_json.exists():
+        boards = read_json(deploy_json).get("boards", [])
+        dirs = [run_dir / b["local_dir"] for b in boards if b.get("status") == "ok"]
+        if dirs:
+            return dirs
+    return [run_dir / "board"]
+
+
+def verify(run_dir: str | Path, cfg: Config, board_dir: str | None = None) -> dict:
+    run_dir = Path(run_dir)
+    reference = _load(run_dir / "golden" / "reference.npy", "the reference", "the export stage (make onnx)")
+    labels = _load(run_dir / "golden" / "labels.npy", "the labels", "the export stage (make onnx)")
+    results = []
+    for folder in board_dirs(run_dir, board_dir):
+        outputs = _load(folder / "outputs.npy", "the board's outputs", "the deploy stage (make deploy)")
+        metrics = compare(outputs, reference, labels)
+        failed = judge(metrics, cfg.verify)
+        timing = read_json(folder / "timing.json") if (folder / "timing.json").exists() else {}
+        confusion = _confusion(outputs.argmax(axis=1), labels, int(reference.shape[1]))
+        png = folder / "confusion.png"
+        _plot_confusion(png, confusion, f"board predictions vs labels ({folder.name})")
+        results.append({"board_dir": str(folder.relative_to(run_dir)) if folder.is_relative_to(run_dir) else str(folder),
+                        "metrics": metrics, "passed": not failed, "failed": failed,
+                        "latency_ms": timing.get("latency_ms"), "throughput_images_per_s": timing.get("throughput_images_per_s"),
+                        "model_load_ms": timing.get("model_load_ms"), "acl": timing.get("acl"),
+                        "confusion_matrix": confusion.tolist(), "confusion_png": str(png.name)})
+    report = {"thresholds": {"min_top1_agreement": cfg.verify.min_top1_agreement, "min_cosine": cfg.verify.min_cosine},
+              "boards": results, "passed": all(r["passed"] for r in results)}
+    write_json(run_dir / "verify.json", report)
+    write_text(run_dir / "report.md", render_report(run_dir, report))
+    print(format_summary(run_dir, report))
+    if not report["passed"]:
+        reasons = "; ".join(f"{r['board_dir']}: {', '.join(r['failed'])}" for r in results if not r["passed"])
+        raise UserError(f"verification FAILED: {reasons}", exit_code=1)
+    return report
+
+
+def _confusion(predicted: np.ndarray, labels: np.ndarray, classes: int) -> np.ndarray:
+    matrix = np.zeros((classes, classes), dtype=np.int64)
+    np.add.at(matrix, (labels, np.clip(predicted, 0, classes - 1)), 1)
+    return matrix
+
+
+def _plot_confusion(path: Path, matrix: np.ndarray, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    ax.imshow(np.log1p(matrix), cmap="Blues")
+    for (i, j), n in np.ndenumerate(matrix):
+        if n:
+            ax.text(j, i, str(n), ha="center", va="center", fontsize=7, color="white" if i == j else "black")
+    ax.set(xlabel="predicted", ylabel="label", title=title, xticks=range(len(matrix)), yticks=range(len(matrix)))
+    fig.tight_layout()
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+
+
+def _optional(run_dir: Path, name: str) -> dict | None:
+    path = run_dir / name
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _pct(x) -> str:
+    return "n/a" if x is None else f"{100 * x:.2f} %"
+
+
+def render_report(run_dir: Path, report: dict) -> str:
+    """One page: training, export, ATC, deploy and verify figures of the run."""
+    train, export = _optional(run_dir, "train.json"), _optional(run_dir, "export.json")
+    atc, deploy = _optional(run_dir, "atc.json"), _optional(run_dir, "deploy.json")
+    lines = [f"# {run_dir.resolve().name}: {'PASS' if report['passed'] else 'FAIL'}", ""]
+    if train:
+        lines += ["## Training", "", "| | model | params | test accuracy |", "|---|---|---:|---:|"]
+        for role in ("teacher", "student", "baseline"):
+            r = train.get(role)
+            if r:
+                lines.append(f"| {role} | {r['model']} | {r['params']:,} | {_pct(r['accuracy'])} |")
+        d = train["distillation"]
+        gain = "n/a" if d.get("kd_gain") is None else f"{100 * d['kd_gain']:+.2f} pts"
+        lines += ["", f"KD gain over the baseline {gain}; gap to the teacher {100 * d['gap_to_teacher']:.2f} pts; "
+                      f"student/teacher parameters {d['param_ratio']:.4f}. Data: {train['dataset']['name']} "
+                      f"({train['dataset']['train_count']} train / {train['dataset']['test_count']} test).", ""]
+    if export:
+        o, p = export["onnx"], export.get("parity") or {}
+        lines += ["## Export", "", f"ONNX opset {o['opset']}, input `{export['input']['name']}` {export['input']['shape']}, "
+                  f"{o['bytes']:,} bytes; lint {export['lint']['summary']['errors']} errors, "
+                  f"{export['lint']['summary']['warnings']} warnings; torch vs onnxruntime max |diff| "
+                  f"{p.get('max_abs_diff', float('nan')):.2e}, top-1 identical: {p.get('top1_identical')}; "
+                  f"golden set {export['golden']['count']} images, reference accuracy {_pct(export.get('reference_accuracy'))}.", ""]
+    if atc:
+        lines += ["## ATC", "", f"{'atc-sim (simulated .om: not a real offline model)' if atc.get('sim') else 'ATC'}, "
+                  f"soc {atc.get('soc_version')}, precision {atc.get('precision_mode')}, "
+                  f"{atc.get('duration_s', 0):.1f} s, .om {(atc.get('om') or {}).get('bytes') or 0:,} bytes.", "",
+                  f"`{atc.get('rerun_command_line') or atc.get('command_line', '')}`", ""]
+    if deploy:
+        lines += ["## Deploy", ""]
+        for b in deploy["boards"]:
+            if b["status"] == "ok":
+                lines.append(f"- {b['address']}: {b['bytes_sent']:,} bytes sent (model {b['model_bytes_sent']:,}), "
+                             f"total {b['durations_s']['total']:.1f} s, acl {b['timing'].get('acl')}")
+            else:
+                lines.append(f"- {b['board']}: FAILED: {b['error']}")
+        lines.append("")
+    t = report["thresholds"]
+    lines += ["## Verify", "", f"Thresholds: top-1 agreement >= {100 * t['min_top1_agreement']:.1f} %, "
+              f"min cosine >= {t['min_cosine']}.", "",
+              "| board | top-1 agreement | min cosine | mean cosine | max abs err | board acc | reference acc | "
+              "p50 ms | p99 ms | images/s | result |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in report["boards"]:
+        m, lat = r["metrics"], r.get("latency_ms") or {}
+        lines.append(f"| {r['board_dir']} ({r.get('acl') or '?'} acl) | {_pct(m['top1_agreement'])} | {m['cosine_min']:.7f} | "
+                     f"{m['cosine_mean']:.7f} | {m['max_abs_error']:.2e} | {_pct(m['accuracy_board'])} | "
+                     f"{_pct(m['accuracy_reference'])} | {lat.get('p50', 'n/a')} | {lat.get('p99', 'n/a')} | "
+                     f"{r.get('throughput_images_per_s') or 'n/a'} | {'PASS' if r['passed'] else 'FAIL: ' + '; '.join(r['failed'])} |")
+    lines += [""] + [f"![confusion matrix]({r['board_dir']}/{r['confusion_png']})" for r in report["boards"]]
+    if any(r.get("acl") == "sim" for r in report["boards"]):
+        lines += ["", "Board figures from the sim board (pyACL emulator on this machine): the latencies are the "
+                      "emulator's, not an Ascend 310's."]
+    return "\n".join(lines) + "\n"
+
+
+def format_summary(run_dir: Path, report: dict) -> str:
+    train = _optional(run_dir, "train.json")
+    lines = []
+    if train:
+        lines.append("accuracy: " + ", ".join(f"{role} {_pct(train[role]['accuracy'])}"
+                                              for role in ("teacher", "student", "baseline") if train.get(role)))
+    for r in report["boards"]:
+        m, lat = r["metrics"], r.get("latency_ms") or {}
+        where = f"{r['board_dir']} ({r.get('acl') or '?'} acl)"
+        lines.append(f"{where}: top-1 agreement {_pct(m['top1_agreement'])}, min cosine {m['cosine_min']:.7f}, "
+                     f"board accuracy {_pct(m['accuracy_board'])} (reference {_pct(m['accuracy_reference'])}); "
+                     f"latency p50 {lat.get('p50', 'n/a')} ms, p99 {lat.get('p99', 'n/a')} ms, "
+                     f"{r.get('throughput_images_per_s') or 'n/a'} images/s -> {'PASS' if r['passed'] else 'FAIL'}")
+    lines.append(f"wrote {run_dir}/verify.json and {run_dir}/report.md")
+    return "\n".join(lines)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--run", metavar="DIR", required=True, help="run folder (golden/ and board/ inside)")
+    parser.add_argument("--board-dir", metavar="DIR", help="folder with the board's outputs.npy (default: from deploy.json)")
+    add_config_arguments(parser, sections=["verify"])
+
+
+def run(args: argparse.Namespace) -> int:
+    run_dir = Path(args.run)
+    verify(run_dir, config_from_args(args, run_dir), args.board_dir)
+    return 0
