@@ -50,6 +50,15 @@ class DistillConfig:
 
 
 @dataclass
+class CompressConfig:
+    slim: float = 0.0  # L1 weight on the student's BatchNorm scale factors during training (network slimming)
+    channels: float = 0.5  # fraction of conv channels `atlas-kd prune` removes (global threshold)
+    finetune_epochs: int = 5  # KD fine-tuning after channel pruning
+    finetune_lr: float = 0.02
+    pmw_strength: float = 2.0  # PMW-SGD: how much more the largest weights move than the smallest (0 = SGD)
+
+
+@dataclass
 class ExportConfig:
     opset: int = 11  # the only opset the ATC of CANN 5.x (Atlas 200 DK) parses
     batch: int = 1
@@ -98,6 +107,7 @@ class Config:
     teacher: TrainConfig = field(default_factory=lambda: TrainConfig(model="cnn"))
     student: TrainConfig = field(default_factory=lambda: TrainConfig(model="tinycnn"))
     distill: DistillConfig = field(default_factory=DistillConfig)
+    compress: CompressConfig = field(default_factory=CompressConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     om: OmConfig = field(default_factory=OmConfig)
     deploy: DeployConfig = field(default_factory=DeployConfig)
@@ -107,7 +117,7 @@ class Config:
         return dataclasses.asdict(self)
 
 
-SECTIONS = ["data", "teacher", "student", "distill", "export", "om", "deploy", "verify"]
+SECTIONS = ["data", "teacher", "student", "distill", "compress", "export", "om", "deploy", "verify"]
 
 
 # --- loading -------------------------------------------------------------------------------------------

@@ -76,8 +76,11 @@ def random_crop_flip(images: torch.Tensor, generator: torch.Generator, pad: int 
     return out.permute(0, 3, 1, 2).contiguous()
 
 
-def make_optimizer(model: nn.Module, cfg: TrainConfig, steps_per_epoch: int):
-    if cfg.optimizer == "sgd":
+def make_optimizer(model: nn.Module, cfg: TrainConfig, steps_per_epoch: int,
+                   optimizer: torch.optim.Optimizer | None = None):
+    if optimizer is not None:
+        opt = optimizer
+    elif cfg.optimizer == "sgd":
         opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0,
                               weight_decay=cfg.weight_decay)
     elif cfg.optimizer in ("adam", "adamw"):
@@ -100,14 +103,18 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, steps_per_epoch: int):
 def fit(model: nn.Module, train: Split, test: Split, cfg: TrainConfig, *, batch_size: int, seed: int,
         kd: KDSetup | None = None, augment: bool = False, state_path: Path | None = None, resume: bool = False,
         desc: str = "train", progress: bool = True, log: Callable[[str], None] = print,
-        extra_loss: Callable[[nn.Module], torch.Tensor] | None = None) -> list[dict]:
+        extra_loss: Callable[[nn.Module], torch.Tensor] | None = None,
+        after_step: Callable[[nn.Module], None] | None = None,
+        optimizer: torch.optim.Optimizer | None = None) -> list[dict]:
     """Train `model` for cfg.epochs; returns per-epoch history. Saves a resumable state after every epoch.
 
-    `extra_loss(model)` is added to every step's loss (the slimming L1 penalty uses it).
+    `extra_loss(model)` is added to every step's loss (the slimming L1 penalty); `after_step(model)` runs after
+    every optimizer step (pruning masks keep pruned weights at zero); `optimizer` replaces the one cfg names
+    (PMW-SGD), the learning-rate schedule still comes from cfg.
     """
     n = len(train.labels)
     steps = (n + batch_size - 1) // batch_size
-    opt, sched = make_optimizer(model, cfg, steps)
+    opt, sched = make_optimizer(model, cfg, steps, optimizer)
     generator = torch.Generator().manual_seed(seed)
     history: list[dict] = []
     start_epoch = 0
@@ -151,6 +158,8 @@ def fit(model: nn.Module, train: Split, test: Split, cfg: TrainConfig, *, batch_
             loss.backward()
             opt.step()
             sched.step()
+            if after_step is not None:
+                after_step(model)
             total_loss += loss.item() * len(idx)
             correct += (logits.argmax(1) == y).sum().item()
         train_seconds = time.perf_counter() - t0

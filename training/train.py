@@ -21,6 +21,7 @@ from training import checkpoint
 from training.data import Dataset, load_dataset, normalize
 from training.distill import KDSetup, Split, accuracy, fit, predict
 from training.models import build_model, count_parameters, make_arch
+from training.slimming import bn_l1_penalty
 
 PHASES = ("teacher", "student", "baseline")
 
@@ -112,11 +113,16 @@ def train(cfg: Config, run_dir: str | Path, *, teacher_path: str | Path | None =
             return
         torch.manual_seed(cfg.seed + seed_offset)  # same init for student and baseline (same offset)
         model = build_model(arch).to(device)
+        # Network slimming: the L1 term on BN scale factors shapes the student (and, for a fair comparison,
+        # the baseline) for channel pruning later; the teacher is never slimmed.
+        slim = bn_l1_penalty(cfg.compress.slim) if cfg.compress.slim and role != "teacher" else None
         history = fit(model, train_split, test_split, spec, batch_size=cfg.data.batch_size,
                       seed=cfg.seed + 1000 + seed_offset, kd=kd, augment=cfg.data.augment,
                       state_path=run_dir / "state" / f"{role}.pt", resume=resume, desc=role, progress=progress,
-                      log=log)
+                      log=log, extra_loss=slim)
         metrics = _phase_metrics(spec.model, model, history, test_split)
+        if slim is not None:
+            metrics["slim"] = cfg.compress.slim
         if kd is not None:
             metrics["kd"] = {"temperature": kd.temperature, "alpha": kd.alpha,
                              "teacher_logits_cached": kd.cached_logits is not None}
@@ -173,8 +179,9 @@ def _summary(cfg: Config, data: Dataset, results: dict, device, wall: float) -> 
             "gap_to_teacher": teacher["accuracy"] - student["accuracy"],
             "kd_gain": None if baseline is None else student["accuracy"] - baseline["accuracy"],
         },
-        "timing": {"wall_s": wall,
-                   "train_s": sum(sum(r.get("epoch_seconds", [])) for r in results.values() if r)},
+        "timing": {"wall_s": wall,  # a reused teacher's epochs were not spent in this run
+                   "train_s": sum(sum(r.get("epoch_seconds", [])) for r in results.values()
+                                  if r and not r.get("reused_from"))},
     }
     if baseline is not None and student.get("epoch_seconds") and baseline.get("epoch_seconds"):
         kd_epoch = float(np.median(student["epoch_seconds"]))
@@ -242,6 +249,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_config_arguments(parser)
     parser.add_argument("--dataset", dest="cfg:data.dataset", metavar="NAME", help="alias of --data-dataset")
+    parser.add_argument("--slim", dest="cfg:compress.slim", metavar="LAMBDA",
+                        help="network slimming: L1 penalty on the student's BN scale factors (alias of --compress-slim)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,0 +1,107 @@
+import copy
+
+import pytest
+import torch
+
+from atlas.errors import UserError
+from training.models import build_model, count_parameters, make_arch
+from training.slimming import _conv_units, bn_l1_penalty, count_macs, prune_channels, select_channels
+
+
+def _trained_like(name, shape=(1, 28, 28), **kw):
+    torch.manual_seed(0)
+    model = build_model(make_arch(name, shape, 10, **kw)).eval()
+    units = _conv_units(model) if hasattr(model, "features") else []
+    with torch.no_grad():  # BN statistics and scales that are not the defaults, like a trained net
+        for _, bn in units:
+            if bn is not None:
+                bn.weight.uniform_(0.2, 1.5)
+                bn.bias.uniform_(-0.3, 0.3)
+                bn.running_mean.uniform_(-0.5, 0.5)
+                bn.running_var.uniform_(0.5, 2.0)
+    return model, make_arch(name, shape, 10, **kw)
+
+
+@pytest.mark.parametrize("name", ["tinycnn", "cnn"])
+def test_removing_channels_whose_bn_output_is_exactly_zero_keeps_outputs_identical(name):
+    # gamma = 0 makes a channel's BN output the constant beta; beta <= 0 makes it exactly 0 after ReLU.
+    model, arch = _trained_like(name)
+    with torch.no_grad():
+        for _, bn in _conv_units(model):
+            dead = torch.arange(0, bn.num_features, 2)
+            bn.weight[dead] = 0.0
+            bn.bias[dead] = -torch.rand(len(dead))
+    pruned, new_arch, keep = prune_channels(model, arch, 0.5)
+    assert [len(k) for k in keep] == [u[0].out_channels // 2 for u in _conv_units(model)]
+    assert all(torch.equal(k, torch.arange(1, len(k) * 2, 2)) for k in keep)  # exactly the dead ones went
+    x = torch.randn(8, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(pruned(x), model(x), rtol=0, atol=1e-5)
+    assert count_parameters(pruned) < count_parameters(model)
+
+
+def test_bn_scale_zero_with_positive_shift_is_not_silently_called_identical():
+    model, arch = _trained_like("tinycnn")
+    with torch.no_grad():
+        for _, bn in _conv_units(model):
+            bn.weight[::2] = 0.0
+            bn.bias[::2] = 0.5  # a constant 0.5 after ReLU: removing it changes the next layer's input
+    pruned, _, _ = prune_channels(model, arch, 0.5)
+    x = torch.randn(8, 1, 28, 28)
+    with torch.no_grad():
+        assert (pruned(x) - model(x)).abs().max() > 1e-3
+
+
+def test_global_threshold_removes_the_fraction_with_a_floor_per_layer():
+    model, arch = _trained_like("tinycnn")
+    with torch.no_grad():
+        _conv_units(model)[0][1].weight.fill_(1e-3)  # first layer: all tiny, after normalisation still equal
+    keep = select_channels(model, arch, 0.5)
+    total = sum(u[0].out_channels for u in _conv_units(model))
+    assert sum(len(k) for k in keep) >= total - round(0.5 * total)
+    assert all(len(k) >= 2 for k in keep)  # 25 % floor of 8 channels
+
+
+def test_pruned_checkpoint_arch_rebuilds_the_same_network():
+    model, arch = _trained_like("tinycnn")
+    pruned, new_arch, _ = prune_channels(model, arch, 0.5)
+    rebuilt = build_model(new_arch)
+    rebuilt.load_state_dict(pruned.state_dict())  # strict: same shapes everywhere
+    assert new_arch["name"] == "tinycnn" and new_arch["kwargs"]["stages"] != arch["kwargs"]["stages"]
+
+
+def test_lenet5_without_bn_loses_half_its_filters_by_l1_norm():
+    model, arch = _trained_like("lenet5")
+    pruned, new_arch, keep = prune_channels(model, arch, 0.5)
+    assert new_arch["kwargs"]["channels"] == [3, 8]
+    norms = model.features[0].weight.abs().sum(dim=(1, 2, 3))
+    assert set(keep[0].tolist()) == set(norms.argsort(descending=True)[:3].tolist())
+    assert pruned(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+    assert count_macs(pruned, (1, 28, 28)) < count_macs(model, (1, 28, 28))
+
+
+def test_residual_and_fully_connected_models_are_refused_clearly():
+    model, arch = _trained_like("resnet20", shape=(3, 32, 32))
+    with pytest.raises(UserError, match="residual blocks"):
+        prune_channels(model, arch, 0.5)
+    model, arch = _trained_like("mlp50")
+    with pytest.raises(UserError, match="no conv channels"):
+        prune_channels(model, arch, 0.5)
+
+
+@pytest.mark.parametrize("fraction", [0.0, 1.0, -0.2, 1.5])
+def test_fraction_outside_zero_one_is_refused(fraction):
+    model, arch = _trained_like("tinycnn")
+    with pytest.raises(UserError, match=r"in \(0, 1\)"):
+        prune_channels(model, arch, fraction)
+
+
+def test_l1_penalty_is_the_sum_of_bn_scales():
+    model, _ = _trained_like("tinycnn")
+    expected = sum(bn.weight.abs().sum() for _, bn in _conv_units(model))
+    assert bn_l1_penalty(1e-3)(model).item() == pytest.approx(1e-3 * expected.item())
+
+
+def test_macs_of_a_known_layer():
+    conv = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.Flatten(), torch.nn.Linear(4 * 28 * 28, 10))
+    assert count_macs(conv, (1, 28, 28)) == 4 * 28 * 28 * 9 + 4 * 28 * 28 * 10

@@ -1,0 +1,165 @@
+"""`atlas-kd prune --run R --channels 0.5`: remove channels from R's student, fine-tune it with KD from R's
+teacher, and write the result as a run folder of its own (default R/pruned/: student.pt, config.json,
+prune.json), so that `atlas-kd export --run R/pruned`, `om`, `deploy` and `verify` take it unchanged: the
+pruned checkpoint carries its smaller widths in its arch dict, and the config still names the same model.
+
+prune.json compares before and after, measured in the same run: parameters, MACs, ONNX bytes, onnxruntime
+latency at batch 1 and batch 64, accuracy.
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from atlas.config import Config, TrainConfig, add_config_arguments, config_from_args
+from atlas.errors import UserError
+from atlas.fileio import write_json
+from training import checkpoint
+from training.data import load_dataset
+from training.distill import KDSetup, accuracy, fit, predict
+from training.models import count_parameters
+from training.slimming import count_macs, prune_channels
+
+
+def onnx_latency_ms(models: dict[str, torch.nn.Module], input_shape: list[int], batch: int, *,
+                    rounds: int = 5, calls: int | None = None) -> dict[str, dict]:
+    """Median per-call onnxruntime latency (ms) of each model at `batch`, measured interleaved in one process.
+
+    One intra-op thread: the figures then compare work, not how well a tiny graph spreads over cores.
+    Also returns each model's ONNX size in bytes (the legacy opset-11 export the pipeline uses, unsimplified).
+    """
+    import onnxruntime as ort
+
+    from export.onnx_export import export_onnx
+
+    calls = calls or (200 if batch == 1 else 20)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.log_severity_level = 3
+    sessions, sizes = {}, {}
+    x = np.random.default_rng(0).normal(size=(batch, *input_shape)).astype(np.float32)
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, model in models.items():
+            path = Path(tmp) / f"{name}.onnx"
+            export_onnx(model, [batch, *input_shape], path)
+            sizes[name] = path.stat().st_size
+            sessions[name] = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    times: dict[str, list[float]] = {name: [] for name in models}
+    for session in sessions.values():  # warm-up
+        for _ in range(10):
+            session.run(None, {"input": x})
+    for _ in range(rounds):
+        for name, session in sessions.items():
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                session.run(None, {"input": x})
+            times[name].append((time.perf_counter() - t0) / calls * 1000)
+    return {name: {"ms": statistics.median(times[name]), "onnx_bytes": sizes[name]} for name in models}
+
+
+def prune(cfg: Config, run_dir: str | Path, out_dir: str | Path | None = None, *, fraction: float | None = None,
+          epochs: int | None = None, progress: bool = False, log=print) -> dict:
+    run_dir = Path(run_dir)
+    out_dir = Path(out_dir) if out_dir else run_dir / "pruned"
+    fraction = cfg.compress.channels if fraction is None else fraction
+    epochs = cfg.compress.finetune_epochs if epochs is None else epochs
+    if not 0.0 < fraction < 1.0:
+        raise UserError(f"--channels must be a fraction in (0, 1), got {fraction}")
+    if epochs < 0:
+        raise UserError(f"fine-tuning epochs must be >= 0, got {epochs}")
+    student, payload = checkpoint.load_model(run_dir / "student.pt")
+    arch = payload["arch"]
+    pruned, new_arch, keep = prune_channels(student, arch, fraction)  # refuses unprunable models early
+    teacher, _ = checkpoint.load_model(run_dir / "teacher.pt")
+
+    data = load_dataset(payload["dataset"], cfg.data.dir or None, progress=False).limited(
+        cfg.data.train_limit, cfg.data.test_limit)
+    from training.train import to_splits
+
+    train_split, test_split = to_splits(data, torch.device("cpu"))
+    acc_before, acc_pruned = accuracy(student, test_split), accuracy(pruned, test_split)
+    log(f"removed {fraction:.0%} of the conv channels: widths {[len(k) for k in keep]}; accuracy "
+        f"{100 * acc_before:.2f} % -> {100 * acc_pruned:.2f} % before fine-tuning")
+
+    history = []
+    if epochs:
+        kd = KDSetup(cfg.distill.temperature, cfg.distill.alpha, cached_logits=predict(teacher, train_split.images))
+        spec = TrainConfig(model=arch["name"], epochs=epochs, lr=cfg.compress.finetune_lr, schedule="cosine",
+                           momentum=cfg.student.momentum, weight_decay=cfg.student.weight_decay)
+        history = fit(pruned, train_split, test_split, spec, batch_size=cfg.data.batch_size, seed=cfg.seed + 2000,
+                      kd=kd, desc="fine-tune", progress=progress, log=log)
+    acc_after = accuracy(pruned, test_split)
+    pruned.eval()
+    student.eval()
+
+    shape = list(payload["input_shape"])
+    latency = {f"batch_{b}": onnx_latency_ms({"before": student, "after": pruned}, shape, b) for b in (1, 64)}
+
+    def side(model, acc, key):
+        return {"params": count_parameters(model), "macs": count_macs(model, tuple(shape)), "accuracy": acc,
+                "onnx_bytes": latency["batch_1"][key]["onnx_bytes"],
+                "latency_ms": {b: latency[b][key]["ms"] for b in latency}}
+
+    before, after = side(student, acc_before, "before"), side(pruned, acc_after, "after")
+    after["accuracy_before_finetune"] = acc_pruned
+    report = {
+        "source": str(run_dir), "arch_before": arch, "arch_after": new_arch, "fraction": fraction,
+        "kept_channels": [k.tolist() for k in keep], "before": before, "after": after,
+        "ratios": {"params": after["params"] / before["params"], "macs": after["macs"] / before["macs"],
+                   "onnx_bytes": after["onnx_bytes"] / before["onnx_bytes"],
+                   **{f"latency_{b}": after["latency_ms"][b] / before["latency_ms"][b] for b in latency}},
+        "accuracy_change_pts": 100 * (acc_after - acc_before),
+        "finetune": {"epochs": epochs, "lr": cfg.compress.finetune_lr, "history": history},
+        "latency_note": "onnxruntime CPU, 1 intra-op thread, median of interleaved rounds; not Ascend 310 figures",
+    }
+    metrics = {**payload["metrics"], "accuracy": acc_after, "params": after["params"], "pruned": {
+        "from": str(run_dir / "student.pt"), "fraction": fraction, "accuracy_before": acc_before}}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint.save(out_dir / "student.pt", {**payload, "arch": new_arch, "metrics": metrics,
+                                             "state_dict": {k: v.clone() for k, v in pruned.state_dict().items()}})
+    shutil.copyfile(run_dir / "config.json", out_dir / "config.json")
+    write_json(out_dir / "prune.json", report)
+    log(format_report(report, out_dir))
+    return report
+
+
+def format_report(r: dict, out_dir: Path) -> str:
+    b, a, q = r["before"], r["after"], r["ratios"]
+    rows = [("", "before", "after", "after/before"),
+            ("parameters", f"{b['params']:,}", f"{a['params']:,}", f"{q['params']:.2f}"),
+            ("MACs / image", f"{b['macs']:,}", f"{a['macs']:,}", f"{q['macs']:.2f}"),
+            ("ONNX bytes", f"{b['onnx_bytes']:,}", f"{a['onnx_bytes']:,}", f"{q['onnx_bytes']:.2f}"),
+            ("latency b1 (ms)", f"{b['latency_ms']['batch_1']:.4f}", f"{a['latency_ms']['batch_1']:.4f}",
+             f"{q['latency_batch_1']:.2f}"),
+            ("latency b64 (ms)", f"{b['latency_ms']['batch_64']:.3f}", f"{a['latency_ms']['batch_64']:.3f}",
+             f"{q['latency_batch_64']:.2f}"),
+            ("accuracy", f"{100 * b['accuracy']:.2f} %", f"{100 * a['accuracy']:.2f} %",
+             f"{r['accuracy_change_pts']:+.2f} pts")]
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in rows]
+    lines.append(f"(latency: {r['latency_note']}); wrote {out_dir}/student.pt, config.json, prune.json; "
+                 f"next: atlas-kd export --run {out_dir}")
+    return "\n".join(lines)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--run", metavar="DIR", required=True, help="trained run folder (student.pt, teacher.pt)")
+    parser.add_argument("--channels", type=float, metavar="FRACTION", help="fraction of conv channels to remove")
+    parser.add_argument("--epochs", type=int, metavar="N", help="KD fine-tuning epochs after pruning")
+    parser.add_argument("--out", metavar="DIR", help="where the pruned run goes (default <run>/pruned)")
+    add_config_arguments(parser, sections=["data", "compress"])
+
+
+def run(args: argparse.Namespace) -> int:
+    run_dir = Path(args.run)
+    if not (run_dir / "config.json").exists() and args.config is None:
+        raise UserError(f"{run_dir} has no config.json: train first (atlas-kd train --run {run_dir})")
+    prune(config_from_args(args, run_dir), run_dir, args.out, fraction=args.channels, epochs=args.epochs)
+    return 0

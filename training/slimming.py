@@ -1,0 +1,158 @@
+"""Network slimming (Liu et al. 2017): L1 on BatchNorm scale factors while training, then remove the channels
+whose factors fall under one global threshold, then fine-tune.
+
+Unlike zeroed weights, removed channels make the exported ONNX physically smaller and faster on the NPU: the
+pruned model is the same architecture with smaller widths (the arch dict says which), so export, ATC and the
+board take it like any other checkpoint.
+
+Surgery removes, for each pruned conv, its output channels, the matching BatchNorm entries, and the matching
+input channels of the next conv, or the matching channel-major blocks of H*W input features of the first
+Linear after the Flatten. What "same outputs" means exactly: a removed channel whose BN scale (gamma) is 0
+outputs the constant beta before ReLU; if beta <= 0 as well, it outputs exactly 0 after ReLU and removing it
+changes nothing (up to float summation order). A channel with gamma = 0 and beta > 0 feeds a constant into
+the next layer, which the fine-tuning absorbs; we do not fold it into the next layer's bias because zero
+padding makes that constant's effect position-dependent at the borders.
+
+Models: PlainCNN students and teachers (`tinycnn`, `cnn`: BN after every conv, one global threshold on |gamma|
+normalised by its layer's mean, no layer below MIN_KEEP of its width) and
+LeNet-5 (no BN: each conv loses the same fraction of its filters, those of smallest L1 norm, Li et al. 2017).
+Residual networks are refused: a shortcut adds channels across blocks, so their widths cannot change alone.
+"""
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+from torch import nn
+
+from atlas.errors import UserError
+from training.models import LeNet5, PlainCNN, ResNet, build_model
+
+MIN_KEEP = 0.25  # every layer keeps at least this fraction of its channels (and at least one)
+
+
+def bn_l1_penalty(strength: float):
+    """`extra_loss` for training.distill.fit: strength * sum of |gamma| over every BatchNorm2d."""
+    def penalty(model: nn.Module) -> torch.Tensor:
+        terms = [m.weight.abs().sum() for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+        return strength * torch.stack(terms).sum() if terms else torch.zeros(())
+    return penalty
+
+
+def _conv_units(model: nn.Module) -> list[tuple[nn.Conv2d, nn.BatchNorm2d | None]]:
+    """The convs of `model.features` in order, each with the BatchNorm right after it (or None)."""
+    layers = list(model.features)
+    units = []
+    for i, layer in enumerate(layers):
+        if isinstance(layer, nn.Conv2d):
+            bn = layers[i + 1] if i + 1 < len(layers) and isinstance(layers[i + 1], nn.BatchNorm2d) else None
+            units.append((layer, bn))
+    return units
+
+
+def _check_prunable(model: nn.Module, arch: dict) -> None:
+    if isinstance(model, ResNet):
+        raise UserError(f"'{arch['name']}' has residual blocks: their shortcuts add channels across blocks, so "
+                        "channel pruning is refused for it; prune a plain student (tinycnn, lenet5) instead")
+    if not isinstance(model, (PlainCNN, LeNet5)):
+        raise UserError(f"'{arch['name']}' has no conv channels to remove (channel pruning needs tinycnn, cnn "
+                        "or lenet5); for fully-connected layers use magnitude pruning (training/pruning.py)")
+
+
+def select_channels(model: nn.Module, arch: dict, fraction: float) -> list[torch.Tensor]:
+    """Sorted indices of the channels each conv keeps when `fraction` of all conv channels go."""
+    if not 0.0 < fraction < 1.0:
+        raise UserError(f"the fraction of channels to remove must be in (0, 1), got {fraction}")
+    _check_prunable(model, arch)
+    units = _conv_units(model)
+    if all(bn is not None for _, bn in units):
+        # |gamma| divided by its layer's mean: without the L1 term, scale factors differ in size from layer to
+        # layer, and one raw global threshold emptied whole early layers (measured: tinycnn on MNIST kept
+        # widths [1, 1, 28] of [8, 16, 32]). Within a layer the order is still that of |gamma|.
+        scores = [bn.weight.detach().abs() / bn.weight.detach().abs().mean().clamp_min(1e-12) for _, bn in units]
+        everything = torch.cat(scores)
+        n_remove = int(round(fraction * everything.numel()))
+        # the global threshold: the n_remove-th smallest score; ties broken by position for an exact count
+        order = everything.argsort(stable=True)
+        removed = torch.zeros_like(everything, dtype=torch.bool)
+        removed[order[:n_remove]] = True
+        keep, offset = [], 0
+        for s in scores:
+            mask = ~removed[offset:offset + len(s)]
+            offset += len(s)
+            floor = max(1, math.ceil(MIN_KEEP * len(s)))  # guard: no layer is thinned below this
+            if int(mask.sum()) < floor:
+                mask[s.argsort(descending=True, stable=True)[:floor]] = True
+            keep.append(mask.nonzero().flatten())
+        return keep
+    keep = []
+    for conv, _ in units:
+        norms = conv.weight.detach().abs().sum(dim=(1, 2, 3))
+        n_keep = max(1, conv.out_channels - int(round(fraction * conv.out_channels)))
+        keep.append(norms.argsort(descending=True, stable=True)[:n_keep].sort().values)
+    return keep
+
+
+def _pruned_arch(arch: dict, model: nn.Module, widths: list[int]) -> dict:
+    new = copy.deepcopy(arch)
+    if isinstance(model, PlainCNN):
+        it = iter(widths)
+        new["kwargs"]["stages"] = [[next(it) for _ in stage] for stage in arch["kwargs"]["stages"]]
+    else:
+        new["kwargs"]["channels"] = list(widths)
+    return new
+
+
+@torch.no_grad()
+def prune_channels(model: nn.Module, arch: dict, fraction: float) -> tuple[nn.Module, dict, list[torch.Tensor]]:
+    """A new, smaller model with `fraction` of the conv channels removed, and its arch dict."""
+    keep = select_channels(model, arch, fraction)
+    new_arch = _pruned_arch(arch, model, [len(k) for k in keep])
+    pruned = build_model(new_arch)
+    old_units, new_units = _conv_units(model), _conv_units(pruned)
+    previous = None  # input channels kept by the layer before
+    for (old_conv, old_bn), (new_conv, new_bn), k in zip(old_units, new_units, keep):
+        weight = old_conv.weight[k]
+        new_conv.weight.copy_(weight if previous is None else weight[:, previous])
+        if old_conv.bias is not None:
+            new_conv.bias.copy_(old_conv.bias[k])
+        if old_bn is not None:
+            for name in ("weight", "bias", "running_mean", "running_var"):
+                getattr(new_bn, name).copy_(getattr(old_bn, name)[k])
+            new_bn.num_batches_tracked.copy_(old_bn.num_batches_tracked)
+        previous = k
+    old_linears = [m for m in model.classifier if isinstance(m, nn.Linear)]
+    new_linears = [m for m in pruned.classifier if isinstance(m, nn.Linear)]
+    channels_before = old_units[-1][0].out_channels
+    area = old_linears[0].in_features // channels_before  # H*W of the last feature map
+    columns = (previous[:, None] * area + torch.arange(area)).flatten()  # channel-major blocks of H*W
+    new_linears[0].weight.copy_(old_linears[0].weight[:, columns])
+    new_linears[0].bias.copy_(old_linears[0].bias)
+    for old, new in zip(old_linears[1:], new_linears[1:]):
+        new.load_state_dict(old.state_dict())
+    return pruned.eval(), new_arch, keep
+
+
+def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
+    """Multiply-accumulates of one forward pass for one image (Conv2d and Linear)."""
+    total = 0
+
+    def conv_hook(m, _, out):
+        nonlocal total
+        total += out.numel() // out.shape[0] * (m.in_channels // m.groups) * math.prod(m.kernel_size)
+
+    def linear_hook(m, _, out):
+        nonlocal total
+        total += m.in_features * m.out_features
+
+    hooks = [m.register_forward_hook(conv_hook if isinstance(m, nn.Conv2d) else linear_hook)
+             for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        model(torch.zeros(1, *input_shape))
+    model.train(was_training)
+    for h in hooks:
+        h.remove()
+    return total
