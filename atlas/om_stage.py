@@ -41,7 +41,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(ATC runs in the run folder: relative paths are relative to it)")
     parser.add_argument("--timeout", dest="cfg:om.timeout_s", metavar="S", help="stop ATC after S seconds")
     parser.add_argument("--skip-lint", action="store_true", help="do not lint the ONNX first; let ATC decide")
-    add_config_arguments(parser, sections=["om"])
+    parser.add_argument("--on-board", metavar="BOARD",
+                        help="run ATC on the board over SSH (upload the ONNX, convert there, fetch the .om)")
+    from atlas.ssh import add_ssh_arguments
+
+    add_ssh_arguments(parser)
+    add_config_arguments(parser, sections=["om", "deploy"])
 
 
 def run(args: argparse.Namespace) -> int:
@@ -50,10 +55,20 @@ def run(args: argparse.Namespace) -> int:
     if not args.run and not args.onnx:
         raise UserError("give --run runs/NAME (after `atlas-kd export`), --onnx MODEL.onnx, or --inspect FILE.om")
     run_dir = Path(args.run) if args.run else Path(args.onnx).parent
-    cfg = config_from_args(args, run_dir).om
+    config = config_from_args(args, run_dir)
+    cfg = config.om
     try:
-        record = build_om(run_dir, cfg, onnx_path=Path(args.onnx) if args.onnx else None, extra=args.atc_arg,
-                          lint=not args.skip_lint)
+        if args.on_board:
+            if args.onnx:
+                raise UserError("--on-board converts the run's exported model: use --run (export your ONNX first "
+                                "with `atlas-kd export --onnx FILE --run DIR`)")
+            from atlas.om_remote import build_om_on_board
+
+            record = build_om_on_board(run_dir, config, args.on_board, args, extra=args.atc_arg,
+                                       lint=not args.skip_lint)
+        else:
+            record = build_om(run_dir, cfg, onnx_path=Path(args.onnx) if args.onnx else None, extra=args.atc_arg,
+                              lint=not args.skip_lint)
     except atc_tool.AtcFailed as e:
         # the explained error first, ATC's own lines after (the CLI would print only the first line)
         print(f"atlas-kd om: error: {e.message}", file=sys.stderr)
