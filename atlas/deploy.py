@@ -120,7 +120,7 @@ def board_label(spec: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", spec).strip("_") or "board"
 
 
-def _with_env_script(argv: list[str], env_script: str) -> list[str]:
+def with_env_script(argv: list[str], env_script: str) -> list[str]:
     """Source the CANN environment first, keeping every word of `argv` a separate, quoted argument."""
     if not env_script:
         return argv
@@ -128,7 +128,7 @@ def _with_env_script(argv: list[str], env_script: str) -> list[str]:
 
 
 def preflight(session: BoardSession, target: str, cfg: DeployConfig) -> dict:
-    result = session.run(_with_env_script([cfg.python, "-c", PREFLIGHT, target], cfg.env_script), check=False)
+    result = session.run(with_env_script([cfg.python, "-c", PREFLIGHT, target], cfg.env_script), check=False)
     if result.exit_status != 0:
         why = (result.stderr.strip().splitlines() or ["no output"])[-1]
         if result.exit_status == 127 or "not found" in why:
@@ -172,7 +172,7 @@ def remote_run_dir(session: BoardSession, cfg: DeployConfig, run_name: str) -> s
     return str(base / run_name)
 
 
-def _session(spec: str, cfg: DeployConfig, args: argparse.Namespace, log) -> BoardSession:
+def board_session(spec: str, cfg: DeployConfig, args: argparse.Namespace, log) -> BoardSession:
     address = address_from_args(spec, args)
     return BoardSession(address, known_hosts=getattr(args, "known_hosts", None) or cfg.known_hosts or None,
                         trust_new_host=getattr(args, "trust_new_host", False),
@@ -185,7 +185,7 @@ def deploy_one(spec: str, bundle: Bundle, cfg: DeployConfig, args: argparse.Name
     record: dict = {"board": spec, "local_dir": str(local_dir.relative_to(bundle.run_dir)), "uploads": []}
     durations = record["durations_s"] = {}
     t0 = time.perf_counter()
-    with _session(spec, cfg, args, say) as session:
+    with board_session(spec, cfg, args, say) as session:
         record["address"] = session.display
         remote = remote_run_dir(session, cfg, bundle.name)
         record["remote_dir"] = remote
@@ -206,7 +206,7 @@ def deploy_one(spec: str, bundle: Bundle, cfg: DeployConfig, args: argparse.Name
 
         t = time.perf_counter()
         session.run(["rm", "-f", *(f"{remote}/{name}" for name in RESULT_FILES)])
-        argv = _with_env_script([cfg.python, f"{remote}/app/infer.py", "--model", f"{remote}/model.om",
+        argv = with_env_script([cfg.python, f"{remote}/app/infer.py", "--model", f"{remote}/model.om",
                                  "--input", f"{remote}/inputs.npy", "--output", f"{remote}/outputs.npy",
                                  "--timing", f"{remote}/timing.json", "--batch", str(bundle.batch),
                                  "--loop", str(cfg.loop)], cfg.env_script)
@@ -300,7 +300,7 @@ def format_summary(report: dict) -> str:
 def check_board(spec: str, args: argparse.Namespace) -> dict:
     """Connect and run the preflight only (for `atlas-kd doctor --board`)."""
     cfg = DeployConfig()
-    with _session(spec, cfg, args, lambda line: None) as session:
+    with board_session(spec, cfg, args, lambda line: None) as session:
         report = preflight(session, remote_run_dir(session, cfg, "."), cfg)
         check_preflight(report, None, session.display)
         cann = report.get("cann") or {}

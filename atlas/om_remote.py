@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 from atlas import atc as atc_tool
 from atlas.config import Config
-from atlas.deploy import _session, _with_env_script, remote_run_dir
+from atlas.deploy import board_session, remote_run_dir, with_env_script
 from atlas.errors import UserError
 from atlas.fileio import write_json, write_text
 from atlas.ssh import RemoteTimeoutError
@@ -24,20 +24,20 @@ OM_NAME = "model.om"
 
 def build_om_on_board(run_dir: str | Path, cfg: Config, board: str, args: argparse.Namespace, *,
                       extra: Sequence[str] = (), lint: bool = True) -> dict[str, Any]:
-    from atlas.om_stage import _lint_or_fail, _prepare_aipp, _read_export, _record, _wrong_kind
+    from atlas.om_stage import atc_record, lint_or_fail, prepare_aipp, read_export, wrong_kind
 
     run_dir = Path(run_dir)
-    export = _read_export(run_dir, required=True)
+    export = read_export(run_dir, required=True)
     onnx_path = run_dir / export.get("onnx", {}).get("path", "model.onnx")
     if not onnx_path.is_file():
         raise UserError(f"{onnx_path}: ONNX model not found; re-run `atlas-kd export --run {run_dir}` (make onnx)")
     inputs = atc_tool.read_onnx_inputs(onnx_path)
     if lint:
-        _lint_or_fail(onnx_path)
-    aipp, aipp_path = _prepare_aipp(run_dir, cfg.om, export, inputs)
+        lint_or_fail(onnx_path)
+    aipp, aipp_path = prepare_aipp(run_dir, cfg.om, export, inputs)
     tool = "atc-sim" if cfg.om.sim else "atc"
     lines: list[str] = []
-    with _session(board, cfg.deploy, args, print) as session:
+    with board_session(board, cfg.deploy, args, print) as session:
         remote = str(PurePosixPath(remote_run_dir(session, cfg.deploy, run_dir.resolve().name)) / "atc")
         remote_onnx = f"{remote}/model.onnx"
         session.put(onnx_path, remote_onnx)
@@ -49,7 +49,7 @@ def build_om_on_board(run_dir: str | Path, cfg: Config, board: str, args: argpar
                                          soc_version=cfg.om.soc_version, precision_mode=cfg.om.precision_mode,
                                          log=cfg.om.log, insert_op_conf=remote_cfg, extra=[*cfg.om.extra, *extra],
                                          inputs=inputs)
-        argv = _with_env_script(cmd, cfg.deploy.env_script)
+        argv = with_env_script(cmd, cfg.deploy.env_script)
         session.run(["rm", "-f", f"{remote}/{OM_NAME}"])
         print(f"{tool} on {session.display}: {atc_tool.command_line(cmd)}", flush=True)
 
@@ -78,10 +78,10 @@ def build_om_on_board(run_dir: str | Path, cfg: Config, board: str, args: argpar
         elif om_final.exists():
             om_final.unlink()  # an earlier model.om would contradict this atc.json
         address = session.display
-    problem = _wrong_kind(om_final, cfg.om.sim) if success else None
+    problem = wrong_kind(om_final, cfg.om.sim) if success else None
     if problem is not None:
         om_final.unlink()
-    record = _record(run, tool=tool, cfg=cfg.om, rerun=list(argv), onnx_path=onnx_path, aipp=aipp,
+    record = atc_record(run, tool=tool, cfg=cfg.om, rerun=list(argv), onnx_path=onnx_path, aipp=aipp,
                      om_path=om_final if success and problem is None else None, env_script=None)
     record.update(where=f"board:{address}", remote_dir=remote, env_script=cfg.deploy.env_script or None)
     write_json(run_dir / "atc.json", record)

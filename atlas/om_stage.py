@@ -100,7 +100,7 @@ def build_om(run_dir: str | Path, cfg: OmConfig, *, onnx_path: str | Path | None
     (atc.json and atc.log are written; no model.om is left).
     """
     run_dir = Path(run_dir)
-    export = _read_export(run_dir, required=onnx_path is None)
+    export = read_export(run_dir, required=onnx_path is None)
     onnx_path = Path(onnx_path) if onnx_path is not None else run_dir / export.get("onnx", {}).get("path", "model.onnx")
     if not onnx_path.is_file():
         raise UserError(f"{onnx_path}: ONNX model not found" + ("" if export is None else
@@ -108,8 +108,8 @@ def build_om(run_dir: str | Path, cfg: OmConfig, *, onnx_path: str | Path | None
     run_dir.mkdir(parents=True, exist_ok=True)
     inputs = atc_tool.read_onnx_inputs(onnx_path)
     if lint:
-        _lint_or_fail(onnx_path)
-    aipp, aipp_path = _prepare_aipp(run_dir, cfg, export, inputs)
+        lint_or_fail(onnx_path)
+    aipp, aipp_path = prepare_aipp(run_dir, cfg, export, inputs)
 
     if cfg.sim:
         tool, atc_argv, env, env_script = "atc-sim", atc_tool.sim_atc_argv(), dict(os.environ), None
@@ -136,13 +136,13 @@ def build_om(run_dir: str | Path, cfg: OmConfig, *, onnx_path: str | Path | None
                                   detail_log=not cfg.sim)
         om_tmp = Path(f"{output_base}.om")
         success = atc_tool.run_succeeded(result, om_tmp)
-        problem = _wrong_kind(om_tmp, cfg.sim) if success else None
+        problem = wrong_kind(om_tmp, cfg.sim) if success else None
         built = success and problem is None
         if built:
             os.replace(om_tmp, om_final)
         elif om_final.exists():
             om_final.unlink()  # a model.om from an earlier build would contradict this atc.json
-        record = _record(result, tool=tool, cfg=cfg, rerun=rerun, onnx_path=onnx_path, aipp=aipp,
+        record = atc_record(result, tool=tool, cfg=cfg, rerun=rerun, onnx_path=onnx_path, aipp=aipp,
                          om_path=om_final if built else None, env_script=env_script)
         write_json(run_dir / "atc.json", record)
     finally:
@@ -155,7 +155,7 @@ def build_om(run_dir: str | Path, cfg: OmConfig, *, onnx_path: str | Path | None
     return record
 
 
-def _read_export(run_dir: Path, required: bool) -> dict[str, Any] | None:
+def read_export(run_dir: Path, required: bool) -> dict[str, Any] | None:
     path = run_dir / "export.json"
     if not path.is_file():
         if required:
@@ -168,7 +168,7 @@ def _read_export(run_dir: Path, required: bool) -> dict[str, Any] | None:
     return export
 
 
-def _lint_or_fail(onnx_path: Path) -> None:
+def lint_or_fail(onnx_path: Path) -> None:
     from export.lint import has_errors, lint_file
 
     findings = lint_file(onnx_path)
@@ -180,7 +180,7 @@ def _lint_or_fail(onnx_path: Path) -> None:
                         "--skip-lint lets ATC decide)", exit_code=1)
 
 
-def _prepare_aipp(run_dir: Path, cfg: OmConfig, export: dict[str, Any] | None,
+def prepare_aipp(run_dir: Path, cfg: OmConfig, export: dict[str, Any] | None,
                   inputs: list[atc_tool.OnnxInput]) -> tuple[dict[str, Any] | None, Path | None]:
     """With om.aipp: insert_op.cfg from export.json's normalisation; the golden inputs must be uint8 NHWC."""
     cfg_path = run_dir / "insert_op.cfg"
@@ -209,7 +209,7 @@ def _prepare_aipp(run_dir: Path, cfg: OmConfig, export: dict[str, Any] | None,
     return aipp, cfg_path
 
 
-def _wrong_kind(om_path: Path, sim: bool) -> str | None:
+def wrong_kind(om_path: Path, sim: bool) -> str | None:
     """The real route must produce a real .om and the sim route a sim one; say so when not."""
     with open(om_path, "rb") as f:
         head = f.read(8)
@@ -220,7 +220,7 @@ def _wrong_kind(om_path: Path, sim: bool) -> str | None:
     return None
 
 
-def _record(result: atc_tool.AtcRun, *, tool: str, cfg: OmConfig, rerun: list[str], onnx_path: Path,
+def atc_record(result: atc_tool.AtcRun, *, tool: str, cfg: OmConfig, rerun: list[str], onnx_path: Path,
             aipp: dict[str, Any] | None, om_path: Path | None, env_script: Path | None) -> dict[str, Any]:
     return {
         "command": result.command,

@@ -70,3 +70,13 @@ def demo_run(tmp_path_factory) -> Path:
                  ["om", "--run", str(run), "--sim"]):
         assert main(argv) == 0, f"demo_run fixture: atlas-kd {' '.join(argv)} failed"
     return run
+
+
+@pytest.fixture(scope="module")
+def sim_board(request, tmp_path_factory):
+    """A sim board (real sshd on loopback, the pyACL emulator as `acl`) shared by one test module, stopped after."""
+    from sshd_util import running_board
+
+    name = request.module.__name__.rsplit(".", 1)[-1].replace("_", "-")
+    with running_board(tmp_path_factory.mktemp(f"{name}-state"), name=name) as info:
+        yield info

@@ -8,13 +8,11 @@ import numpy as np
 import pytest
 
 from atlas.cli import main
-from sshd_util import running_board
 
 
 @pytest.fixture(scope="module")
-def board(tmp_path_factory):
-    with running_board(tmp_path_factory.mktemp("board-state"), name="deploy-board") as info:
-        yield info
+def board(sim_board):
+    return sim_board
 
 
 def copy_run(demo_run: Path, dest: Path) -> Path:

@@ -12,14 +12,13 @@ import pytest
 
 from atlas.cli import main
 from atlas.sim import sim_om
-from sshd_util import running_board, write_known_hosts
+from sshd_util import write_known_hosts
 from tcp_proxy import TcpProxy
 
 
 @pytest.fixture(scope="module")
-def board(tmp_path_factory):
-    with running_board(tmp_path_factory.mktemp("faults-state"), name="faults-board") as info:
-        yield info
+def board(sim_board):
+    return sim_board
 
 
 @pytest.fixture

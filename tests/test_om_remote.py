@@ -9,13 +9,11 @@ import pytest
 
 from atlas.cli import main
 from atlas.sim import sim_om
-from sshd_util import running_board
 
 
 @pytest.fixture(scope="module")
-def board(tmp_path_factory):
-    with running_board(tmp_path_factory.mktemp("om-board"), name="om-board") as info:
-        yield info
+def board(sim_board):
+    return sim_board
 
 
 @pytest.fixture

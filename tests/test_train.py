@@ -8,7 +8,7 @@ import time
 import pytest
 import torch
 
-from conftest import REPO, assert_one_line_error, run_cli
+from conftest import REPO, TINY_CONFIG, assert_one_line_error, run_cli
 from datagen import make_cifar_bin_dir, make_cifar_python_dir, make_mnist_dir
 from training import checkpoint
 
@@ -22,7 +22,7 @@ def trained(tmp_path_factory):
     """One tiny run shared by the read-only tests below."""
     tmp = tmp_path_factory.mktemp("train")
     config = tmp / "tiny.toml"
-    config.write_text((REPO / "tests" / "conftest.py").read_text().split('TINY_CONFIG = """')[1].split('"""')[0])
+    config.write_text(TINY_CONFIG)
     result = run_cli("train", "--config", str(config), "--run", str(tmp / "run"))
     assert result.returncode == 0, result.stderr
     return tmp / "run", result
