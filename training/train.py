@@ -258,5 +258,6 @@ def run(args: argparse.Namespace) -> int:
     run_dir = Path(args.run) if args.run else default_run_dir(cfg)
     train(cfg, run_dir, teacher_path=args.teacher, resume=args.resume,
           progress=not args.no_progress and sys.stderr.isatty())
-    print(f"wrote {run_dir}/{{teacher,student,baseline}}.pt, train.json, curves.png")
+    written = [name for name in ("teacher", "student", "baseline") if (run_dir / f"{name}.pt").exists()]
+    print(f"wrote {run_dir}/{{{','.join(written)}}}.pt, train.json, curves.png")
     return 0
