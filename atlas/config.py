@@ -53,6 +53,7 @@ class DistillConfig:
 class CompressConfig:
     slim: float = 0.0  # L1 weight on the student's BatchNorm scale factors during training (network slimming)
     channels: float = 0.5  # fraction of conv channels `atlas-kd prune` removes (global threshold)
+    align: int = 1  # round each pruned layer's width to a multiple of this (16: the Ascend Cube's channel block)
     finetune_epochs: int = 5  # KD fine-tuning after channel pruning
     finetune_lr: float = 0.02
     pmw_strength: float = 2.0  # PMW-SGD: how much more the largest weights move than the smallest (0 = SGD)

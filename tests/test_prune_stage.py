@@ -22,6 +22,10 @@ def test_prune_writes_a_smaller_checkpoint_and_a_before_after_report(pruned_run)
     before, after = report["before"], report["after"]
     assert after["params"] < before["params"] and after["macs"] < before["macs"]
     assert report["ratios"]["onnx_bytes"] <= 0.6  # >= 40 % smaller
+    assert report["align"] == 1 and report["removed_fraction"] == pytest.approx(0.5, abs=0.02)
+    blocks = report["npu_blocks"]  # what the Ascend Cube's 16-channel blocks make of the thinning
+    assert [layer["width"][0] for layer in blocks["layers"]] == [8, 16, 32]
+    assert after["macs"] < after["macs_c0"] <= before["macs_c0"]
     assert set(before["latency_ms"]) == {"batch_1", "batch_64"} and all(v > 0 for v in after["latency_ms"].values())
     assert report["finetune"]["epochs"] == 1 and len(report["finetune"]["history"]) == 1
     model, payload = checkpoint.load_model(pruned_run / "pruned" / "student.pt", expect_arch="tinycnn")
@@ -41,6 +45,18 @@ def test_pruned_model_goes_through_export_lint_om_deploy_and_verify_unchanged(pr
     assert verdict["top1_agreement"] >= 0.999 and verdict["count"] == 1000
     unpruned, pruned = (json.loads((d / "export.json").read_text())["onnx"]["bytes"] for d in (pruned_run, run))
     assert pruned < 0.6 * unpruned  # the simplified ONNX the board gets is >= 40 % smaller too
+
+
+def test_align_16_keeps_whole_blocks_and_says_so(demo_run, tmp_path, capsys):
+    out = tmp_path / "aligned"
+    assert main(["prune", "--run", str(demo_run), "--channels", "0.5", "--align", "16", "--epochs", "0",
+                 "--out", str(out)]) == 0
+    report = json.loads((out / "prune.json").read_text())
+    assert report["align"] == 16
+    widths = [layer["width"][1] for layer in report["npu_blocks"]["layers"]]
+    assert widths[:2] == [8, 16] and widths[2] in (16, 32)  # thinning below one block buys nothing: untouched
+    assert report["npu_blocks"]["unchanged"] == []
+    assert "16-channel blocks per conv" in capsys.readouterr().out
 
 
 def _error(capsys) -> str:
@@ -68,8 +84,29 @@ def test_residual_student_is_refused(demo_run, tmp_path, capsys):
     assert not (run / "pruned").exists()
 
 
+def test_align_below_one_is_one_line(demo_run, capsys):
+    assert main(["prune", "--run", str(demo_run), "--align", "0"]) == 2
+    assert "--align" in _error(capsys)
+    assert not (demo_run / "pruned").exists()
+
+
 @pytest.mark.parametrize("fraction", ["0", "1", "1.5", "-0.1"])
 def test_fraction_outside_zero_one_is_one_line(demo_run, fraction, capsys):
     assert main(["prune", "--run", str(demo_run), "--channels", fraction]) == 2
     assert "(0, 1)" in _error(capsys)
     assert not (demo_run / "pruned").exists()
+
+
+def test_align_that_leaves_nothing_to_remove_is_one_line(demo_run, tmp_path, capsys):
+    out = tmp_path / "nothing"
+    assert main(["prune", "--run", str(demo_run), "--channels", "0.1", "--align", "32", "--out", str(out)]) == 2
+    assert "nothing would be removed" in _error(capsys)
+    assert not out.exists()
+
+
+def test_diverged_fine_tuning_is_one_line_and_writes_nothing(demo_run, tmp_path, capsys):
+    out = tmp_path / "diverged"
+    assert main(["prune", "--run", str(demo_run), "--epochs", "1", "--compress-finetune-lr", "1e4",
+                 "--out", str(out)]) == 2
+    assert "fine-tuning diverged" in _error(capsys)
+    assert not out.exists()

@@ -105,3 +105,53 @@ def test_l1_penalty_is_the_sum_of_bn_scales():
 def test_macs_of_a_known_layer():
     conv = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.Flatten(), torch.nn.Linear(4 * 28 * 28, 10))
     assert count_macs(conv, (1, 28, 28)) == 4 * 28 * 28 * 9 + 4 * 28 * 28 * 10
+
+
+def test_macs_in_channel_blocks_round_every_width_but_the_image_channels():
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.Conv2d(4, 20, 3, padding=1),
+                              torch.nn.Flatten(), torch.nn.Linear(20 * 28 * 28, 10))
+    plain = 28 * 28 * (4 * 1 * 9 + 20 * 4 * 9) + 20 * 28 * 28 * 10
+    assert count_macs(net, (1, 28, 28)) == plain
+    # first conv: 4 -> 16 outputs, its single input channel as is; second: 4 -> 16 in, 20 -> 32 out; Linear 10 -> 16
+    assert count_macs(net, (1, 28, 28), c0=16) == 28 * 28 * (16 * 1 * 9 + 32 * 16 * 9) + 20 * 28 * 28 * 16
+
+
+@pytest.mark.parametrize("name, align, expected", [
+    ("tinycnn", 16, None),  # every width a multiple of 16 or the layer's full width
+    ("cnn", 16, None),
+    ("lenet5", 4, [4, 8]),  # 6 -> 3 rounds to 4 (choices 4, 6); 16 -> 8 stays
+    ("lenet5", 16, [6, 16]),  # nothing under one block is worth thinning: untouched
+])
+def test_align_rounds_each_layer_to_whole_blocks_keeping_the_best_channels(name, align, expected):
+    model, arch = _trained_like(name)
+    widths = [u[0].out_channels for u in _conv_units(model)]
+    keep = select_channels(model, arch, 0.5, align=align)
+    kept = [len(k) for k in keep]
+    assert all(n == w or n % align == 0 for n, w in zip(kept, widths)), kept
+    if expected:
+        assert kept == expected
+    else:
+        assert sum(kept) < sum(widths)
+    for k, (conv, bn) in zip(keep, _conv_units(model)):  # each layer keeps its best-scored channels
+        score = (bn.weight.abs() if bn is not None else conv.weight.abs().sum(dim=(1, 2, 3))).detach()
+        removed = [i for i in range(len(score)) if i not in k.tolist()]
+        if removed:
+            assert score[k].min() >= score[removed].max()
+
+
+def test_align_below_one_is_refused():
+    model, arch = _trained_like("tinycnn")
+    with pytest.raises(UserError, match="--align"):
+        select_channels(model, arch, 0.5, align=0)
+
+
+def test_block_summary_names_the_layers_thinned_within_one_block():
+    from training.channel_blocks import block_summary, describe
+
+    before = build_model(make_arch("tinycnn", (1, 28, 28), 10))
+    after = build_model(make_arch("tinycnn", (1, 28, 28), 10, stages=[[3], [9], [16]]))
+    summary = block_summary(before, after)
+    assert [layer["blocks"] for layer in summary["layers"]] == [[1, 1], [1, 1], [2, 1]]
+    assert summary["unchanged"] == [1, 2]
+    assert "conv 1 8->3, conv 2 16->9 still fill the same blocks" in describe(summary)
+    assert block_summary(before, before)["unchanged"] == []  # nothing thinned, nothing to warn about

@@ -9,6 +9,7 @@ latency at batch 1 and batch 64, accuracy.
 from __future__ import annotations
 
 import argparse
+import math
 import shutil
 import statistics
 import tempfile
@@ -21,7 +22,8 @@ import torch
 from atlas.config import Config, TrainConfig, add_config_arguments, config_from_args
 from atlas.errors import UserError
 from atlas.fileio import write_json
-from training import checkpoint
+from training import channel_blocks, checkpoint
+from training.channel_blocks import C0, block_summary, describe
 from training.data import load_dataset
 from training.distill import KDSetup, accuracy, fit, predict
 from training.models import count_parameters
@@ -29,10 +31,12 @@ from training.slimming import count_macs, prune_channels
 
 
 def onnx_latency_ms(models: dict[str, torch.nn.Module], input_shape: list[int], batch: int, *,
-                    rounds: int = 5, calls: int | None = None) -> dict[str, dict]:
+                    rounds: int = 5, calls: int | None = None, layout_blocking: bool = True) -> dict[str, dict]:
     """Median per-call onnxruntime latency (ms) of each model at `batch`, measured interleaved in one process.
 
     One intra-op thread: the figures then compare work, not how well a tiny graph spreads over cores.
+    `layout_blocking=False` stops at onnxruntime's "extended" graph optimisations, i.e. without its NCHWc
+    layout whose kernels pad channels to 8 or 16 (training.channel_blocks): slower, but proportional to MACs.
     Also returns each model's ONNX size in bytes (the legacy opset-11 export the pipeline uses, unsimplified).
     """
     import onnxruntime as ort
@@ -42,6 +46,8 @@ def onnx_latency_ms(models: dict[str, torch.nn.Module], input_shape: list[int], 
     calls = calls or (200 if batch == 1 else 20)
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
+    if not layout_blocking:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     options.log_severity_level = 3
     sessions, sizes = {}, {}
     x = np.random.default_rng(0).normal(size=(batch, *input_shape)).astype(np.float32)
@@ -65,18 +71,23 @@ def onnx_latency_ms(models: dict[str, torch.nn.Module], input_shape: list[int], 
 
 
 def prune(cfg: Config, run_dir: str | Path, out_dir: str | Path | None = None, *, fraction: float | None = None,
-          epochs: int | None = None, progress: bool = False, log=print) -> dict:
+          epochs: int | None = None, align: int | None = None, progress: bool = False, log=print) -> dict:
     run_dir = Path(run_dir)
     out_dir = Path(out_dir) if out_dir else run_dir / "pruned"
     fraction = cfg.compress.channels if fraction is None else fraction
     epochs = cfg.compress.finetune_epochs if epochs is None else epochs
+    align = cfg.compress.align if align is None else align
     if not 0.0 < fraction < 1.0:
         raise UserError(f"--channels must be a fraction in (0, 1), got {fraction}")
     if epochs < 0:
         raise UserError(f"fine-tuning epochs must be >= 0, got {epochs}")
     student, payload = checkpoint.load_model(run_dir / "student.pt")
     arch = payload["arch"]
-    pruned, new_arch, keep = prune_channels(student, arch, fraction)  # refuses unprunable models early
+    pruned, new_arch, keep = prune_channels(student, arch, fraction, align)  # refuses unprunable models early
+    removed = 1 - sum(len(k) for k in keep) / sum(channel_blocks.conv_widths(student))
+    if removed == 0:
+        raise UserError(f"--align {align} rounds every layer of {channel_blocks.conv_widths(student)} back to its "
+                        f"full width, so nothing would be removed: use a smaller --align or a larger --channels")
     teacher, _ = checkpoint.load_model(run_dir / "teacher.pt")
 
     data = load_dataset(payload["dataset"], cfg.data.dir or None, progress=False).limited(
@@ -85,17 +96,19 @@ def prune(cfg: Config, run_dir: str | Path, out_dir: str | Path | None = None, *
 
     train_split, test_split = to_splits(data, torch.device("cpu"))
     acc_before, acc_pruned = accuracy(student, test_split), accuracy(pruned, test_split)
-    log(f"removed {fraction:.0%} of the conv channels: widths {[len(k) for k in keep]}; accuracy "
+    log(f"removed {removed:.0%} of the conv channels: widths {channel_blocks.conv_widths(student)} -> "
+        f"{[len(k) for k in keep]}; accuracy "
         f"{100 * acc_before:.2f} % -> {100 * acc_pruned:.2f} % before fine-tuning")
 
     history = []
     if epochs:
         kd = KDSetup(cfg.distill.temperature, cfg.distill.alpha, cached_logits=predict(teacher, train_split.images))
-        spec = TrainConfig(model=arch["name"], epochs=epochs, lr=cfg.compress.finetune_lr, schedule="cosine",
+        spec = TrainConfig(model=arch["name"], epochs=epochs, lr=cfg.compress.finetune_lr, schedule="onecycle",
                            momentum=cfg.student.momentum, weight_decay=cfg.student.weight_decay)
         history = fit(pruned, train_split, test_split, spec, batch_size=cfg.data.batch_size, seed=cfg.seed + 2000,
                       kd=kd, desc="fine-tune", progress=progress, log=log)
     acc_after = accuracy(pruned, test_split)
+    _refuse_diverged(history, acc_pruned, acc_after, payload["arch"]["num_classes"], cfg.compress.finetune_lr)
     pruned.eval()
     student.eval()
 
@@ -103,7 +116,8 @@ def prune(cfg: Config, run_dir: str | Path, out_dir: str | Path | None = None, *
     latency = {f"batch_{b}": onnx_latency_ms({"before": student, "after": pruned}, shape, b) for b in (1, 64)}
 
     def side(model, acc, key):
-        return {"params": count_parameters(model), "macs": count_macs(model, tuple(shape)), "accuracy": acc,
+        return {"params": count_parameters(model), "macs": count_macs(model, tuple(shape)),
+                "macs_c0": count_macs(model, tuple(shape), c0=C0), "accuracy": acc,
                 "onnx_bytes": latency["batch_1"][key]["onnx_bytes"],
                 "latency_ms": {b: latency[b][key]["ms"] for b in latency}}
 
@@ -111,11 +125,15 @@ def prune(cfg: Config, run_dir: str | Path, out_dir: str | Path | None = None, *
     after["accuracy_before_finetune"] = acc_pruned
     report = {
         "source": str(run_dir), "arch_before": arch, "arch_after": new_arch, "fraction": fraction,
+        "align": align, "removed_fraction": removed,
         "kept_channels": [k.tolist() for k in keep], "before": before, "after": after,
         "ratios": {"params": after["params"] / before["params"], "macs": after["macs"] / before["macs"],
+                   "macs_c0": after["macs_c0"] / before["macs_c0"],
                    "onnx_bytes": after["onnx_bytes"] / before["onnx_bytes"],
                    **{f"latency_{b}": after["latency_ms"][b] / before["latency_ms"][b] for b in latency}},
         "accuracy_change_pts": 100 * (acc_after - acc_before),
+        "npu_blocks": block_summary(student, pruned),
+        "macs_c0_note": f"estimate, not a measurement: MACs with channels rounded up to the Cube's {C0}-channel blocks",
         "finetune": {"epochs": epochs, "lr": cfg.compress.finetune_lr, "history": history},
         "latency_note": "onnxruntime CPU, 1 intra-op thread, median of interleaved rounds; not Ascend 310 figures",
     }
@@ -130,11 +148,23 @@ def prune(cfg: Config, run_dir: str | Path, out_dir: str | Path | None = None, *
     return report
 
 
+def _refuse_diverged(history: list[dict], acc_start: float, acc_end: float, num_classes: int, lr: float) -> None:
+    """Fine-tuning that ends at chance level from a better start diverged (measured: LeNet-5, which has no BN,
+    collapsed to 9.74 % at lr 0.02 without warm-up); say so rather than write a useless checkpoint."""
+    chance = 1.0 / num_classes
+    last_loss = history[-1]["train_loss"] if history else 0.0
+    if history and (not math.isfinite(last_loss) or (acc_end < chance + 0.05 and acc_start >= chance + 0.05)):
+        raise UserError(f"KD fine-tuning diverged: accuracy {100 * acc_start:.2f} % after pruning, "
+                        f"{100 * acc_end:.2f} % after {len(history)} epochs (loss {last_loss:.4g}); nothing written: "
+                        f"retry with a smaller --compress-finetune-lr (now {lr})")
+
+
 def format_report(r: dict, out_dir: Path) -> str:
     b, a, q = r["before"], r["after"], r["ratios"]
     rows = [("", "before", "after", "after/before"),
             ("parameters", f"{b['params']:,}", f"{a['params']:,}", f"{q['params']:.2f}"),
             ("MACs / image", f"{b['macs']:,}", f"{a['macs']:,}", f"{q['macs']:.2f}"),
+            (f"MACs in {C0}-ch blocks", f"{b['macs_c0']:,}", f"{a['macs_c0']:,}", f"{q['macs_c0']:.2f}"),
             ("ONNX bytes", f"{b['onnx_bytes']:,}", f"{a['onnx_bytes']:,}", f"{q['onnx_bytes']:.2f}"),
             ("latency b1 (ms)", f"{b['latency_ms']['batch_1']:.4f}", f"{a['latency_ms']['batch_1']:.4f}",
              f"{q['latency_batch_1']:.2f}"),
@@ -144,6 +174,7 @@ def format_report(r: dict, out_dir: Path) -> str:
              f"{r['accuracy_change_pts']:+.2f} pts")]
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in rows]
+    lines.append(describe(r["npu_blocks"]))
     lines.append(f"(latency: {r['latency_note']}); wrote {out_dir}/student.pt, config.json, prune.json; "
                  f"next: atlas-kd export --run {out_dir}")
     return "\n".join(lines)
@@ -153,6 +184,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run", metavar="DIR", required=True, help="trained run folder (student.pt, teacher.pt)")
     parser.add_argument("--channels", type=float, metavar="FRACTION", help="fraction of conv channels to remove")
     parser.add_argument("--epochs", type=int, metavar="N", help="KD fine-tuning epochs after pruning")
+    parser.add_argument("--align", type=int, metavar="N", help="round each layer's width to a multiple of N "
+                        "(16 matches the Ascend Cube's channel blocks; default 1: no rounding)")
     parser.add_argument("--out", metavar="DIR", help="where the pruned run goes (default <run>/pruned)")
     add_config_arguments(parser, sections=["data", "compress"])
 
@@ -161,5 +194,6 @@ def run(args: argparse.Namespace) -> int:
     run_dir = Path(args.run)
     if not (run_dir / "config.json").exists() and args.config is None:
         raise UserError(f"{run_dir} has no config.json: train first (atlas-kd train --run {run_dir})")
-    prune(config_from_args(args, run_dir), run_dir, args.out, fraction=args.channels, epochs=args.epochs)
+    prune(config_from_args(args, run_dir), run_dir, args.out, fraction=args.channels, epochs=args.epochs,
+          align=args.align)
     return 0

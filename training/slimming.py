@@ -60,10 +60,17 @@ def _check_prunable(model: nn.Module, arch: dict) -> None:
                         "or lenet5); for fully-connected layers use magnitude pruning (training/pruning.py)")
 
 
-def select_channels(model: nn.Module, arch: dict, fraction: float) -> list[torch.Tensor]:
-    """Sorted indices of the channels each conv keeps when `fraction` of all conv channels go."""
+def select_channels(model: nn.Module, arch: dict, fraction: float, align: int = 1) -> list[torch.Tensor]:
+    """Sorted indices of the channels each conv keeps when `fraction` of all conv channels go.
+
+    align > 1 then moves each layer's kept count to the nearest multiple of `align` or to its full width
+    (training.channel_blocks: thinning a layer within one 16-channel block saves the NPU nothing), keeping the
+    best-scored channels; the fraction actually removed then differs from `fraction`.
+    """
     if not 0.0 < fraction < 1.0:
         raise UserError(f"the fraction of channels to remove must be in (0, 1), got {fraction}")
+    if align < 1:
+        raise UserError(f"--align must be a whole number of channels >= 1, got {align}")
     _check_prunable(model, arch)
     units = _conv_units(model)
     if all(bn is not None for _, bn in units):
@@ -85,13 +92,23 @@ def select_channels(model: nn.Module, arch: dict, fraction: float) -> list[torch
             if int(mask.sum()) < floor:
                 mask[s.argsort(descending=True, stable=True)[:floor]] = True
             keep.append(mask.nonzero().flatten())
-        return keep
-    keep = []
-    for conv, _ in units:
-        norms = conv.weight.detach().abs().sum(dim=(1, 2, 3))
-        n_keep = max(1, conv.out_channels - int(round(fraction * conv.out_channels)))
-        keep.append(norms.argsort(descending=True, stable=True)[:n_keep].sort().values)
+    else:
+        scores, keep = [], []
+        for conv, _ in units:
+            scores.append(conv.weight.detach().abs().sum(dim=(1, 2, 3)))
+            n_keep = max(1, conv.out_channels - int(round(fraction * conv.out_channels)))
+            keep.append(scores[-1].argsort(descending=True, stable=True)[:n_keep].sort().values)
+    if align > 1:
+        keep = [k if _aligned(len(k), len(s), align) == len(k) else
+                s.argsort(descending=True, stable=True)[:_aligned(len(k), len(s), align)].sort().values
+                for k, s in zip(keep, scores)]
     return keep
+
+
+def _aligned(n: int, width: int, align: int) -> int:
+    """The multiple of `align` below `width`, or `width` itself, nearest to n (ties go to the larger)."""
+    choices = list(range(align, width, align)) + [width]
+    return min(choices, key=lambda c: (abs(c - n), -c))
 
 
 def _pruned_arch(arch: dict, model: nn.Module, widths: list[int]) -> dict:
@@ -105,9 +122,10 @@ def _pruned_arch(arch: dict, model: nn.Module, widths: list[int]) -> dict:
 
 
 @torch.no_grad()
-def prune_channels(model: nn.Module, arch: dict, fraction: float) -> tuple[nn.Module, dict, list[torch.Tensor]]:
+def prune_channels(model: nn.Module, arch: dict, fraction: float,
+                   align: int = 1) -> tuple[nn.Module, dict, list[torch.Tensor]]:
     """A new, smaller model with `fraction` of the conv channels removed, and its arch dict."""
-    keep = select_channels(model, arch, fraction)
+    keep = select_channels(model, arch, fraction, align)
     new_arch = _pruned_arch(arch, model, [len(k) for k in keep])
     pruned = build_model(new_arch)
     old_units, new_units = _conv_units(model), _conv_units(pruned)
@@ -134,17 +152,29 @@ def prune_channels(model: nn.Module, arch: dict, fraction: float) -> tuple[nn.Mo
     return pruned.eval(), new_arch, keep
 
 
-def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
-    """Multiply-accumulates of one forward pass for one image (Conv2d and Linear)."""
+def count_macs(model: nn.Module, input_shape: tuple[int, ...], c0: int = 1) -> int:
+    """Multiply-accumulates of one forward pass for one image (Conv2d and Linear).
+
+    With c0 > 1, conv channels and Linear features count as rounded up to a multiple of c0: the work of
+    hardware that computes in blocks of c0 channels (training.channel_blocks; the Ascend 310's Cube uses 16).
+    Not rounded: the batch, and the image's own channels at the first conv (ATC has a separate small-channel
+    layout for those, `--enable_small_channel`, which this estimate does not model).
+    """
     total = 0
+    seen_first_conv = False
+
+    def up(n: int) -> int:
+        return -(-n // c0) * c0
 
     def conv_hook(m, _, out):
-        nonlocal total
-        total += out.numel() // out.shape[0] * (m.in_channels // m.groups) * math.prod(m.kernel_size)
+        nonlocal total, seen_first_conv
+        cin = m.in_channels // m.groups if not seen_first_conv else up(m.in_channels // m.groups)
+        seen_first_conv = True
+        total += out.shape[2] * out.shape[3] * up(m.out_channels) * cin * math.prod(m.kernel_size)
 
     def linear_hook(m, _, out):
         nonlocal total
-        total += m.in_features * m.out_features
+        total += up(m.in_features) * up(m.out_features)
 
     hooks = [m.register_forward_hook(conv_hook if isinstance(m, nn.Conv2d) else linear_hook)
              for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
