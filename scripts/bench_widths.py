@@ -1,0 +1,78 @@
+#!/usr/bin/env python3
+"""onnxruntime latency of one student at several conv widths, as ratios to the first widths, in one run.
+
+Shows what channel pruning can buy on a CPU whose kernels pad channels to blocks (onnxruntime's NCHWc layout:
+8 channels on AVX2, 16 on AVX-512), and how much the blocking explains: each width set is measured with
+onnxruntime's full optimisations and again without the NCHWc layout, next to its MACs and its MACs with
+channels rounded up to the Ascend Cube's 16-channel blocks (an estimate). Weights are random: latency does
+not depend on their values.
+
+    .venv/bin/python scripts/bench_widths.py --model tinycnn --widths 8,16,32 4,8,16 16,16,16
+    .venv/bin/python scripts/bench_widths.py --model lenet5 --widths 6,16 3,8 [--batch 1 64] [--rounds 7]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from training.channel_blocks import C0  # noqa: E402
+from training.models import build_model, make_arch  # noqa: E402
+from training.prune_stage import onnx_latency_ms  # noqa: E402
+from training.slimming import count_macs  # noqa: E402
+
+PRUNABLE = {"tinycnn": lambda w: {"stages": [[c] for c in w]}, "cnn": lambda w: {"stages": [[c] for c in w]},
+            "lenet5": lambda w: {"channels": list(w)}}
+
+
+def widths(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"widths are comma-separated integers, e.g. 8,16,32; got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"every width must be >= 1, got {text!r}")
+    return values
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=sorted(PRUNABLE), default="tinycnn")
+    parser.add_argument("--widths", type=widths, nargs="+", required=True, metavar="W1,W2,...",
+                        help="conv widths per model; the first is the baseline")
+    parser.add_argument("--shape", type=widths, default=(1, 28, 28), metavar="C,H,W")
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 64])
+    parser.add_argument("--rounds", type=int, default=7)
+    args = parser.parse_args()
+    shape = list(args.shape)
+    models = {}
+    for w in args.widths:
+        try:
+            models[",".join(map(str, w))] = build_model(make_arch(args.model, shape, 10, **PRUNABLE[args.model](w))).eval()
+        except Exception as e:  # wrong number of widths for the model
+            parser.error(f"{args.model} cannot take widths {w}: {e}")
+    base = next(iter(models))
+    macs = {k: (count_macs(m, tuple(shape)), count_macs(m, tuple(shape), c0=C0)) for k, m in models.items()}
+    print(f"{args.model}, ratios to widths {base}; 1 intra-op thread, median of {args.rounds} interleaved rounds")
+    print(f"{'widths':>12} {'MACs':>6} {'MACs c16':>8} " + " ".join(
+        f"{f'b{b} NCHWc':>10} {f'b{b} plain':>10}" for b in args.batch))
+    results = {}
+    for b in args.batch:
+        for blocking in (True, False):
+            results[b, blocking] = onnx_latency_ms(models, shape, b, rounds=args.rounds, layout_blocking=blocking)
+    for k in models:
+        cells = [f"{k:>12}", f"{macs[k][0] / macs[base][0]:6.2f}", f"{macs[k][1] / macs[base][1]:8.2f}"]
+        for b in args.batch:
+            for blocking in (True, False):
+                r = results[b, blocking]
+                cells.append(f"{r[k]['ms'] / r[base]['ms']:10.2f}")
+        print(" ".join(cells))
+    print("absolute ms, baseline: " + ", ".join(
+        f"b{b} {'NCHWc' if blk else 'plain'} {results[b, blk][base]['ms']:.4f}" for b in args.batch for blk in (True, False)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
