@@ -18,6 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from atlas.errors import UserError  # noqa: E402
 from training.channel_blocks import C0  # noqa: E402
 from training.models import build_model, make_arch  # noqa: E402
 from training.prune_stage import onnx_latency_ms  # noqa: E402
@@ -51,7 +52,7 @@ def main() -> int:
     for w in args.widths:
         try:
             models[",".join(map(str, w))] = build_model(make_arch(args.model, shape, 10, **PRUNABLE[args.model](w))).eval()
-        except Exception as e:  # wrong number of widths for the model
+        except UserError as e:  # e.g. the wrong number of widths for the model
             parser.error(f"{args.model} cannot take widths {w}: {e}")
     base = next(iter(models))
     macs = {k: (count_macs(m, tuple(shape)), count_macs(m, tuple(shape), c0=C0)) for k, m in models.items()}

@@ -84,10 +84,11 @@ def prune(cfg: Config, run_dir: str | Path, out_dir: str | Path | None = None, *
     student, payload = checkpoint.load_model(run_dir / "student.pt")
     arch = payload["arch"]
     pruned, new_arch, keep = prune_channels(student, arch, fraction, align)  # refuses unprunable models early
-    removed = 1 - sum(len(k) for k in keep) / sum(channel_blocks.conv_widths(student))
+    widths = channel_blocks.conv_widths(student)
+    removed = 1 - sum(len(k) for k in keep) / sum(widths)
     if removed == 0:
-        raise UserError(f"--align {align} rounds every layer of {channel_blocks.conv_widths(student)} back to its "
-                        f"full width, so nothing would be removed: use a smaller --align or a larger --channels")
+        raise UserError(f"--align {align} rounds every layer of {widths} back to its full width, so nothing would "
+                        f"be removed: use a smaller --align or a larger --channels")
     teacher, _ = checkpoint.load_model(run_dir / "teacher.pt")
 
     data = load_dataset(payload["dataset"], cfg.data.dir or None, progress=False).limited(
@@ -96,8 +97,7 @@ def prune(cfg: Config, run_dir: str | Path, out_dir: str | Path | None = None, *
 
     train_split, test_split = to_splits(data, torch.device("cpu"))
     acc_before, acc_pruned = accuracy(student, test_split), accuracy(pruned, test_split)
-    log(f"removed {removed:.0%} of the conv channels: widths {channel_blocks.conv_widths(student)} -> "
-        f"{[len(k) for k in keep]}; accuracy "
+    log(f"removed {removed:.0%} of the conv channels: widths {widths} -> {[len(k) for k in keep]}; accuracy "
         f"{100 * acc_before:.2f} % -> {100 * acc_pruned:.2f} % before fine-tuning")
 
     history = []

@@ -99,8 +99,7 @@ def select_channels(model: nn.Module, arch: dict, fraction: float, align: int = 
             n_keep = max(1, conv.out_channels - int(round(fraction * conv.out_channels)))
             keep.append(scores[-1].argsort(descending=True, stable=True)[:n_keep].sort().values)
     if align > 1:
-        keep = [k if _aligned(len(k), len(s), align) == len(k) else
-                s.argsort(descending=True, stable=True)[:_aligned(len(k), len(s), align)].sort().values
+        keep = [s.argsort(descending=True, stable=True)[:_aligned(len(k), len(s), align)].sort().values
                 for k, s in zip(keep, scores)]
     return keep
 
