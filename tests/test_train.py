@@ -39,6 +39,7 @@ def test_train_writes_every_artifact_and_a_summary(trained):
     assert d["gap_to_teacher"] == pytest.approx(summary["teacher"]["accuracy"] - summary["student"]["accuracy"])
     assert len(summary["student"]["epoch_seconds"]) == 3 and summary["student"]["kd"]["teacher_logits_cached"]
     assert "KD gain over baseline" in result.stdout and "teacher" in result.stdout
+    assert summary["warnings"] == [] and "warning:" not in result.stdout
 
 
 def test_checkpoints_carry_arch_and_normalisation_and_load_weights_only(trained):
@@ -58,6 +59,18 @@ def test_reusing_a_teacher_skips_its_training(trained, tmp_path):
     summary = json.loads((tmp_path / "r2" / "train.json").read_text())
     assert summary["teacher"]["reused_from"] == str(run / "teacher.pt") and summary["baseline"] is None
     assert "teacher epoch" not in result.stdout
+    assert result.stdout.strip().splitlines()[-1].startswith(f"wrote {tmp_path / 'r2'}/{{teacher,student}}.pt")
+
+
+def test_a_diverged_student_is_called_out(trained, tmp_path):
+    run, _ = trained
+    result = run_cli("train", "--config", str(run / "config.json"), "--run", str(tmp_path / "r3"),
+                     "--teacher", str(run / "teacher.pt"), "--student-epochs", "1", "--student-lr", "1e4",
+                     "--distill-baseline", "false")
+    assert result.returncode == 0, result.stderr  # the run is still written: the user may want to look at it
+    summary = json.loads((tmp_path / "r3" / "train.json").read_text())
+    assert len(summary["warnings"]) == 1 and "student ended at chance level" in summary["warnings"][0]
+    assert "warning: the student ended at chance level" in result.stdout and "--student-lr (now 10000.0)" in result.stdout
 
 
 def _state_epoch(path):

@@ -183,6 +183,13 @@ def _summary(cfg: Config, data: Dataset, results: dict, device, wall: float) -> 
                    "train_s": sum(sum(r.get("epoch_seconds", [])) for r in results.values()
                                   if r and not r.get("reused_from"))},
     }
+    chance = 1.0 / data.info.num_classes
+    summary["warnings"] = [  # a net that ends at chance level diverged (measured: LeNet-5 at lr 0.1 on MNIST)
+        f"the {role} ended at chance level ({100 * r['accuracy']:.2f} %): its training diverged; retry with a "
+        f"smaller --{section}-lr (now {getattr(cfg, section).lr})"
+        for role, section, r in (("teacher", "teacher", teacher), ("student", "student", student),
+                                 ("baseline", "student", baseline))
+        if r and not r.get("reused_from") and r["accuracy"] < chance + 0.05]
     if baseline is not None and student.get("epoch_seconds") and baseline.get("epoch_seconds"):
         kd_epoch = float(np.median(student["epoch_seconds"]))
         plain_epoch = float(np.median(baseline["epoch_seconds"]))
@@ -210,6 +217,7 @@ def format_summary(summary: dict) -> str:
     lines.append(f"{summary['dataset']['name']}: {summary['dataset']['train_count']} train / "
                  f"{summary['dataset']['test_count']} test images on {summary['device']}; "
                  f"training {t['train_s']:.1f} s, wall {t['wall_s']:.1f} s{ratio}")
+    lines += [f"warning: {w}" for w in summary.get("warnings", [])]
     return "\n".join(lines)
 
 
