@@ -41,6 +41,7 @@ import paramiko
 
 from atlas import fileio
 from atlas.errors import UserError
+from atlas.ssh_include import IncludeError, expand_includes
 
 PASSWORD_ENV = "ATLAS_KD_BOARD_PASSWORD"
 DEFAULT_SSH_CONFIG = "~/.ssh/config"
@@ -255,9 +256,9 @@ def _config_options(name: str, ssh_config: str | Path | None) -> tuple[dict, boo
         if not path.is_file():
             raise BoardConfigError(f"ssh config file {path} not found")
     try:
-        config = paramiko.SSHConfig.from_path(str(path))
+        config = paramiko.SSHConfig.from_text(expand_includes(path))
         options = dict(config.lookup(name))
-    except (OSError, UnicodeDecodeError, paramiko.ssh_exception.ConfigParseError) as e:
+    except (IncludeError, paramiko.ssh_exception.ConfigParseError) as e:
         raise BoardConfigError(f"ssh config file {path} cannot be read: {e}") from None
     return options, name in config.get_hostnames()
 

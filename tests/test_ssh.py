@@ -146,6 +146,40 @@ def test_proxyjump_loop_is_refused(tmp_path):
         resolve_board("a", config)
 
 
+def test_include_lines_are_followed_like_openssh_does(tmp_path):
+    ssh_dir = Path(os.environ["HOME"]) / ".ssh"
+    (ssh_dir / "config.d").mkdir(parents=True)
+    (ssh_dir / "config.d" / "20-lab").write_text("Host board\n  HostName 10.0.0.20\n  Port 2020\n")
+    (ssh_dir / "config.d" / "10-desk").write_text("Host board desk\n  HostName 10.0.0.10\n")
+    (tmp_path / "abs.conf").write_text("Host far\n  HostName 10.0.0.99\n")
+    config = tmp_path / "config"
+    config.write_text(f'Include config.d/* "{tmp_path}/abs.conf" no-such-file\nUser fromtop\n'
+                      "Host board\n  User later\n")
+    board = resolve_board("board", config)
+    # files in lexical order, first value wins; the line after the Include applies to every host again
+    assert (board.host, board.port, board.user, board.alias) == ("10.0.0.10", 2020, "fromtop", "board")
+    assert resolve_board("far", config).host == "10.0.0.99"
+    assert resolve_board("desk", config).alias == "desk"
+
+
+def test_include_in_a_host_block_takes_plain_options_and_refuses_host_lines(tmp_path):
+    (tmp_path / "opts").write_text("Port 2999\n")
+    (tmp_path / "hosts").write_text("Host x\n  Port 1\n")
+    config = tmp_path / "config"
+    config.write_text(f"Host board\n  HostName 10.0.0.5\n  Include {tmp_path}/opts\n")
+    assert resolve_board("board", config).port == 2999
+    config.write_text(f"Host board\n  Include {tmp_path}/hosts\n")
+    with pytest.raises(BoardConfigError, match="inside a Host or Match block.*move the Include line above"):
+        resolve_board("board", config)
+
+
+def test_include_loop_is_a_clear_line(tmp_path):
+    config = tmp_path / "config"
+    config.write_text(f"Include {config}\n")
+    with pytest.raises(BoardConfigError, match="Include nesting deeper than 16"):
+        resolve_board("board", config)
+
+
 # --- remote commands ------------------------------------------------------------------------------------
 
 def test_remote_command_quotes_every_word():

@@ -1,0 +1,65 @@
+"""OpenSSH's `Include` for paramiko, whose ssh-config parser ignores it (paramiko 5.1).
+
+Many users keep their hosts in `~/.ssh/config.d/*` behind one `Include` line; without this, such a board alias
+would silently not resolve. The expansion follows ssh_config(5): each argument is a path or glob, `~` is the
+home folder, a relative path is taken from ~/.ssh, matches are read in lexical order, a pattern that matches
+nothing is no error, and nesting stops at 16 levels. The included text is spliced in place. One case cannot be
+spliced faithfully and is refused with a clear line: an `Include` inside a Host or Match block whose file
+has Host or Match lines of its own (OpenSSH would keep applying the outer block's condition to it).
+"""
+from __future__ import annotations
+
+import glob
+import re
+import shlex
+from pathlib import Path
+
+MAX_DEPTH = 16  # OpenSSH's READCONF_MAX_DEPTH
+_KEYWORD = re.compile(r"^\s*(\w+)(?:\s*=\s*|\s+)(.*)$")
+
+
+def _keyword(line: str) -> str:
+    match = _KEYWORD.match(line)
+    return match.group(1).lower() if match else ""
+
+
+class IncludeError(ValueError):
+    """A config whose Include lines cannot be expanded; the message says which file and why."""
+
+
+def expand_includes(path: Path, depth: int = 0) -> str:
+    """The text of the ssh config at `path` with every Include line replaced by the files it names."""
+    if depth > MAX_DEPTH:
+        raise IncludeError(f"Include nesting deeper than {MAX_DEPTH} levels at {path} (a file including itself?)")
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise IncludeError(f"{path}: {e}") from None
+    out: list[str] = []
+    in_block = False  # after a Host or Match line: what follows is conditional
+    for number, line in enumerate(lines, 1):
+        keyword = _keyword(line)
+        if keyword in ("host", "match"):
+            in_block = True
+        if keyword != "include":
+            out.append(line)
+            continue
+        try:
+            patterns = shlex.split(_KEYWORD.match(line).group(2), comments=True)
+        except ValueError as e:
+            raise IncludeError(f"{path}:{number}: cannot read the Include line: {e}") from None
+        for pattern in patterns:
+            target = Path(pattern).expanduser()
+            if not target.is_absolute():
+                target = Path("~/.ssh").expanduser() / target
+            for found in sorted(glob.glob(str(target))):
+                text = expand_includes(Path(found), depth + 1)
+                opens_blocks = any(_keyword(t) in ("host", "match") for t in text.splitlines())
+                if opens_blocks and in_block:
+                    raise IncludeError(f"{path}:{number}: Include of {found} inside a Host or Match block, and that "
+                                       f"file has Host or Match lines of its own; move the Include line above the "
+                                       f"first Host line")
+                out += [f"# included from {found}", *text.splitlines()]
+                if opens_blocks:  # lines after the Include apply to every host again, as before it
+                    out.append("Host *")
+    return "\n".join(out) + "\n"
