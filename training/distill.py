@@ -62,6 +62,11 @@ def accuracy(model: nn.Module, split: Split) -> float:
     return (predict(model, split.images).argmax(1) == split.labels).float().mean().item()
 
 
+def at_chance_level(acc: float, num_classes: int) -> bool:
+    """Within 5 points of guessing: what a diverged run (dead ReLUs, NaN weights) ends at."""
+    return acc < 1.0 / num_classes + 0.05
+
+
 def random_crop_flip(images: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
     """CIFAR augmentation on a whole batch at once: random shifts of up to `pad` pixels and horizontal flips."""
     b, _, h, w = images.shape

@@ -25,7 +25,7 @@ from atlas.fileio import write_json
 from training import channel_blocks, checkpoint
 from training.channel_blocks import C0, block_summary, describe
 from training.data import load_dataset
-from training.distill import KDSetup, accuracy, fit, predict
+from training.distill import KDSetup, accuracy, at_chance_level, fit, predict
 from training.models import count_parameters
 from training.slimming import count_macs, prune_channels
 
@@ -149,14 +149,13 @@ def prune(cfg: Config, run_dir: str | Path, out_dir: str | Path | None = None, *
 
 
 def _refuse_diverged(history: list[dict], acc_start: float, acc_end: float, num_classes: int, lr: float) -> None:
-    """Fine-tuning that ends at chance level from a better start diverged (measured: LeNet-5, which has no BN,
+    """A fine-tuning that ends at chance level diverged or never recovered (measured: LeNet-5, which has no BN,
     collapsed to 9.74 % at lr 0.02 without warm-up); say so rather than write a useless checkpoint."""
-    chance = 1.0 / num_classes
     last_loss = history[-1]["train_loss"] if history else 0.0
-    if history and (not math.isfinite(last_loss) or (acc_end < chance + 0.05 and acc_start >= chance + 0.05)):
-        raise UserError(f"KD fine-tuning diverged: accuracy {100 * acc_start:.2f} % after pruning, "
+    if history and (not math.isfinite(last_loss) or at_chance_level(acc_end, num_classes)):
+        raise UserError(f"KD fine-tuning diverged or never recovered: accuracy {100 * acc_start:.2f} % after pruning, "
                         f"{100 * acc_end:.2f} % after {len(history)} epochs (loss {last_loss:.4g}); nothing written: "
-                        f"retry with a smaller --compress-finetune-lr (now {lr})")
+                        f"retry with a smaller --compress-finetune-lr (now {lr}) or more --epochs")
 
 
 def format_report(r: dict, out_dir: Path) -> str:

@@ -19,7 +19,7 @@ from atlas.errors import UserError
 from atlas.fileio import write_json
 from training import checkpoint
 from training.data import Dataset, load_dataset, normalize
-from training.distill import KDSetup, Split, accuracy, fit, predict
+from training.distill import KDSetup, Split, accuracy, at_chance_level, fit, predict
 from training.models import build_model, count_parameters, make_arch
 from training.slimming import bn_l1_penalty
 
@@ -183,13 +183,12 @@ def _summary(cfg: Config, data: Dataset, results: dict, device, wall: float) -> 
                    "train_s": sum(sum(r.get("epoch_seconds", [])) for r in results.values()
                                   if r and not r.get("reused_from"))},
     }
-    chance = 1.0 / data.info.num_classes
     summary["warnings"] = [  # a net that ends at chance level diverged (measured: LeNet-5 at lr 0.1 on MNIST)
         f"the {role} ended at chance level ({100 * r['accuracy']:.2f} %): its training diverged; retry with a "
         f"smaller --{section}-lr (now {getattr(cfg, section).lr})"
         for role, section, r in (("teacher", "teacher", teacher), ("student", "student", student),
                                  ("baseline", "student", baseline))
-        if r and not r.get("reused_from") and r["accuracy"] < chance + 0.05]
+        if r and not r.get("reused_from") and at_chance_level(r["accuracy"], data.info.num_classes)]
     if baseline is not None and student.get("epoch_seconds") and baseline.get("epoch_seconds"):
         kd_epoch = float(np.median(student["epoch_seconds"]))
         plain_epoch = float(np.median(baseline["epoch_seconds"]))
