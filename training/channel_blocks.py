@@ -4,9 +4,10 @@ The NPU keeps feature maps in NC1HWC0 ("5HD") form: C is cut into C1 blocks of C
 is padded up to C0; C0 is the Cube unit's size, 16 for 16- and 32-bit data (CANN aclFormat reference,
 ACL_FORMAT_NC1HWC0; Ascend C TransDataTo5HD: C0 = 16 for 16/32-bit types, 32 for 8-bit). So a conv thinned
 from 8 to 4 channels still fills one block: its work stays the same and only its parameters shrink. x86
-onnxruntime does the same thing with its NCHWc kernels (blocks of 8 channels on AVX2, 16 on AVX-512), which
-is why the CPU latency of students narrower than 16 channels barely moves when they are pruned
-(scripts/bench_widths.py measures it).
+onnxruntime does the same thing with its NCHWc kernels (blocks of 8 channels on AVX2, 16 on AVX-512: its
+NchwcTransformer rounds a conv's output channels up to MlasNchwcGetBlockSize(), and blocks pooling only when
+the channels are a multiple of it), which is why the CPU latency of students narrower than 16 channels barely
+moves when they are pruned (scripts/bench_widths.py measures it).
 
 `count_macs(model, shape, c0=C0)` (training.slimming) gives the matching work estimate (an estimate: it
 leaves the image's own channels at the first conv unrounded, since ATC may feed those in a small-channel
