@@ -41,7 +41,7 @@ import paramiko
 
 from atlas import fileio
 from atlas.errors import UserError
-from atlas.ssh_include import IncludeError, expand_includes
+from atlas.ssh_include import IncludeError, expand_includes, host_patterns
 
 PASSWORD_ENV = "ATLAS_KD_BOARD_PASSWORD"
 DEFAULT_SSH_CONFIG = "~/.ssh/config"
@@ -256,11 +256,11 @@ def _config_options(name: str, ssh_config: str | Path | None) -> tuple[dict, boo
         if not path.is_file():
             raise BoardConfigError(f"ssh config file {path} not found")
     try:
-        config = paramiko.SSHConfig.from_text(expand_includes(path))
-        options = dict(config.lookup(name))
+        text = expand_includes(path)
+        options = dict(paramiko.SSHConfig.from_text(text).lookup(name))
     except (IncludeError, paramiko.ssh_exception.ConfigParseError) as e:
         raise BoardConfigError(f"ssh config file {path} cannot be read: {e}") from None
-    return options, name in config.get_hostnames()
+    return options, name in host_patterns(text)
 
 
 # --- remote command lines ---------------------------------------------------------------------------------

@@ -1,11 +1,12 @@
-"""OpenSSH's `Include` for paramiko, whose ssh-config parser ignores it (paramiko 5.1).
+"""OpenSSH's `Include` for paramiko, whose ssh-config parser ignores it (paramiko 5.1), and the Host names.
 
 Many users keep their hosts in `~/.ssh/config.d/*` behind one `Include` line; without this, such a board alias
 would silently not resolve. The expansion follows ssh_config(5): each argument is a path or glob, `~` is the
 home folder, a relative path is taken from ~/.ssh, matches are read in lexical order, a pattern that matches
 nothing is no error, and nesting stops at 16 levels. The included text is spliced in place. One case cannot be
-spliced faithfully and is refused with a clear line: an `Include` inside a Host or Match block whose file
-has Host or Match lines of its own (OpenSSH would keep applying the outer block's condition to it).
+spliced faithfully and is refused with a clear line: an `Include` inside a Host or Match block (other than
+`Host *` or `Match all`) whose file has Host or Match lines of its own (OpenSSH would keep applying the outer
+block's condition to them).
 """
 from __future__ import annotations
 
@@ -21,6 +22,23 @@ _KEYWORD = re.compile(r"^\s*(\w+)(?:\s*=\s*|\s+)(.*)$")
 def _keyword(line: str) -> str:
     match = _KEYWORD.match(line)
     return match.group(1).lower() if match else ""
+
+
+def _arguments(line: str) -> list[str]:
+    """The words after the keyword, quotes removed, comment dropped (ValueError on an unclosed quote)."""
+    return shlex.split(_KEYWORD.match(line).group(2), comments=True)
+
+
+def host_patterns(text: str) -> set[str]:
+    """Every pattern on the config's Host lines (paramiko 5.1's get_hostnames() fails on Match blocks)."""
+    names: set[str] = set()
+    for line in text.splitlines():
+        if _keyword(line) == "host":
+            try:
+                names.update(_arguments(line))
+            except ValueError:
+                continue  # paramiko's own parse reports a broken line
+    return names
 
 
 class IncludeError(ValueError):
@@ -39,17 +57,20 @@ def expand_includes(path: Path, depth: int = 0) -> str:
     in_block = False  # after a Host or Match line: what follows is conditional
     for number, line in enumerate(lines, 1):
         keyword = _keyword(line)
-        if keyword in ("host", "match"):
-            in_block = True
+        if keyword in ("host", "match"):  # `Host *` and `Match all` apply to everyone, like the top level
+            in_block = _arguments(line) not in (["*"], ["all"])
         if keyword != "include":
             out.append(line)
             continue
         try:
-            patterns = shlex.split(_KEYWORD.match(line).group(2), comments=True)
+            patterns = _arguments(line)
         except ValueError as e:
             raise IncludeError(f"{path}:{number}: cannot read the Include line: {e}") from None
         for pattern in patterns:
-            target = Path(pattern).expanduser()
+            try:
+                target = Path(pattern).expanduser()
+            except RuntimeError as e:  # ~someone who does not exist
+                raise IncludeError(f"{path}:{number}: cannot expand {pattern}: {e}") from None
             if not target.is_absolute():
                 target = Path("~/.ssh").expanduser() / target
             for found in sorted(glob.glob(str(target))):

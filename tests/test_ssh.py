@@ -173,6 +173,30 @@ def test_include_in_a_host_block_takes_plain_options_and_refuses_host_lines(tmp_
         resolve_board("board", config)
 
 
+def test_match_blocks_do_not_break_alias_lookup(tmp_path):
+    (tmp_path / "opts").write_text("Port 2999\n")
+    config = tmp_path / "config"
+    config.write_text(f"Host q r\n  HostName 10.0.0.7\nMatch originalhost q\n  Include {tmp_path}/opts\n")
+    address = resolve_board("q", config)
+    assert (address.host, address.port, address.alias) == ("10.0.0.7", 2999, "q")
+    assert (resolve_board("r", config).port, resolve_board("r", config).alias) == (22, "r")
+
+
+def test_include_after_host_star_is_spliced(tmp_path):
+    (tmp_path / "hosts").write_text("Host lab\n  HostName 10.0.0.8\n")
+    config = tmp_path / "config"
+    config.write_text(f"Host *\n  User HwHiAiUser\nInclude {tmp_path}/hosts\n")
+    address = resolve_board("lab", config)
+    assert (address.host, address.user, address.alias) == ("10.0.0.8", "HwHiAiUser", "lab")
+
+
+def test_include_of_an_unknown_users_home_is_a_clear_line(tmp_path):
+    config = tmp_path / "config"
+    config.write_text("Include ~no-such-user-here/x\n")
+    with pytest.raises(BoardConfigError, match="cannot expand ~no-such-user-here/x"):
+        resolve_board("board", config)
+
+
 def test_include_loop_is_a_clear_line(tmp_path):
     config = tmp_path / "config"
     config.write_text(f"Include {config}\n")
