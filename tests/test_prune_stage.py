@@ -5,6 +5,7 @@ import shutil
 import pytest
 
 from atlas.cli import main
+from atlas.errors import UserError
 from sshd_util import running_board
 from training import checkpoint
 from training.models import build_model, make_arch
@@ -110,3 +111,20 @@ def test_diverged_fine_tuning_is_one_line_and_writes_nothing(demo_run, tmp_path,
                  "--out", str(out)]) == 2
     assert "fine-tuning diverged" in _error(capsys)
     assert not out.exists()
+
+
+def test_a_fraction_too_small_to_remove_a_channel_is_one_line(demo_run, tmp_path, capsys):
+    out = tmp_path / "none"
+    assert main(["prune", "--run", str(demo_run), "--channels", "0.005", "--out", str(out)]) == 2
+    assert "--channels 0.005 removes no channel of [8, 16, 32]" in _error(capsys)
+    assert not out.exists()
+
+
+def test_a_start_at_chance_level_is_not_called_diverged():
+    from training.prune_stage import _refuse_diverged
+
+    _refuse_diverged([{"train_loss": 0.6}], 0.14, 0.115, 10, 0.02)  # undertrained, not diverged: no error
+    with pytest.raises(UserError, match="diverged"):
+        _refuse_diverged([{"train_loss": 0.6}], 0.90, 0.10, 10, 0.02)
+    with pytest.raises(UserError, match="diverged"):
+        _refuse_diverged([{"train_loss": float("nan")}], 0.14, 0.10, 10, 0.02)

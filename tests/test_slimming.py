@@ -155,3 +155,16 @@ def test_block_summary_names_the_layers_thinned_within_one_block():
     assert summary["unchanged"] == [1, 2]
     assert "conv 1 8->3, conv 2 16->9 still fill the same blocks" in describe(summary)
     assert block_summary(before, before)["unchanged"] == []  # nothing thinned, nothing to warn about
+
+
+def test_align_never_thins_a_layer_below_its_floor():
+    model, arch = _trained_like("tinycnn", stages=[[200], [16]])
+    unaligned = [len(k) for k in select_channels(model, arch, 0.9)]
+    aligned = [len(k) for k in select_channels(model, arch, 0.9, align=16)]
+    assert unaligned[0] == 50  # the 25 % floor of 200
+    assert aligned[0] >= 50 and aligned[0] % 16 == 0  # 64, not 48
+
+
+def test_block_macs_leave_an_mlps_image_pixels_unrounded():
+    mlp = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(75, 20), torch.nn.Linear(20, 10))
+    assert count_macs(mlp, (3, 5, 5), c0=16) == 75 * 32 + 32 * 16

@@ -86,9 +86,11 @@ def prune(cfg: Config, run_dir: str | Path, out_dir: str | Path | None = None, *
     pruned, new_arch, keep = prune_channels(student, arch, fraction, align)  # refuses unprunable models early
     widths = channel_blocks.conv_widths(student)
     removed = 1 - sum(len(k) for k in keep) / sum(widths)
-    if removed == 0:
+    if removed == 0 and align > 1:
         raise UserError(f"--align {align} rounds every layer of {widths} back to its full width, so nothing would "
                         f"be removed: use a smaller --align or a larger --channels")
+    if removed == 0:
+        raise UserError(f"--channels {fraction} removes no channel of {widths}: use a larger fraction")
     teacher, _ = checkpoint.load_model(run_dir / "teacher.pt")
 
     data = load_dataset(payload["dataset"], cfg.data.dir or None, progress=False).limited(
@@ -149,13 +151,15 @@ def prune(cfg: Config, run_dir: str | Path, out_dir: str | Path | None = None, *
 
 
 def _refuse_diverged(history: list[dict], acc_start: float, acc_end: float, num_classes: int, lr: float) -> None:
-    """A fine-tuning that ends at chance level diverged or never recovered (measured: LeNet-5, which has no BN,
-    collapsed to 9.74 % at lr 0.02 without warm-up); say so rather than write a useless checkpoint."""
+    """Fine-tuning that ends at chance level from a better start, or with a non-finite loss, diverged (measured:
+    LeNet-5, which has no BN, collapsed to 9.74 % at lr 0.02 without warm-up); say so rather than write a
+    useless checkpoint. A start at chance level that stays there may just need more epochs: not refused."""
     last_loss = history[-1]["train_loss"] if history else 0.0
-    if history and (not math.isfinite(last_loss) or at_chance_level(acc_end, num_classes)):
-        raise UserError(f"KD fine-tuning diverged or never recovered: accuracy {100 * acc_start:.2f} % after pruning, "
+    diverged = at_chance_level(acc_end, num_classes) and not at_chance_level(acc_start, num_classes)
+    if history and (not math.isfinite(last_loss) or diverged):
+        raise UserError(f"KD fine-tuning diverged: accuracy {100 * acc_start:.2f} % after pruning, "
                         f"{100 * acc_end:.2f} % after {len(history)} epochs (loss {last_loss:.4g}); nothing written: "
-                        f"retry with a smaller --compress-finetune-lr (now {lr}) or more --epochs")
+                        f"retry with a smaller --compress-finetune-lr (now {lr})")
 
 
 def format_report(r: dict, out_dir: Path) -> str:

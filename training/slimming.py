@@ -99,14 +99,16 @@ def select_channels(model: nn.Module, arch: dict, fraction: float, align: int = 
             n_keep = max(1, conv.out_channels - int(round(fraction * conv.out_channels)))
             keep.append(scores[-1].argsort(descending=True, stable=True)[:n_keep].sort().values)
     if align > 1:
-        keep = [s.argsort(descending=True, stable=True)[:_aligned(len(k), len(s), align)].sort().values
+        floor = MIN_KEEP if all(bn is not None for _, bn in units) else 0.0
+        keep = [s.argsort(descending=True, stable=True)[:_aligned(len(k), len(s), align, floor)].sort().values
                 for k, s in zip(keep, scores)]
     return keep
 
 
-def _aligned(n: int, width: int, align: int) -> int:
-    """The multiple of `align` below `width`, or `width` itself, nearest to n (ties go to the larger)."""
-    choices = list(range(align, width, align)) + [width]
+def _aligned(n: int, width: int, align: int, floor: float = 0.0) -> int:
+    """The multiple of `align` below `width` and not under floor * width, or `width` itself, nearest to n
+    (ties go to the larger)."""
+    choices = [c for c in range(align, width, align) if c >= math.ceil(floor * width)] + [width]
     return min(choices, key=lambda c: (abs(c - n), -c))
 
 
@@ -156,24 +158,27 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...], c0: int = 1) -> i
 
     With c0 > 1, conv channels and Linear features count as rounded up to a multiple of c0: the work of
     hardware that computes in blocks of c0 channels (training.channel_blocks; the Ascend 310's Cube uses 16).
-    Not rounded: the batch, and the image's own channels at the first conv (ATC has a separate small-channel
-    layout for those, `--enable_small_channel`, which this estimate does not model).
+    Not rounded: the batch, and the image's own channels or pixels at the first layer (ATC has a separate
+    small-channel layout for those, `--enable_small_channel`, which this estimate does not model). Grouped
+    and depthwise convs are counted as if each group filled whole blocks, an over-estimate (no model here has
+    them).
     """
     total = 0
-    seen_first_conv = False
+    first = True  # the next layer hooked is the one that reads the image
 
     def up(n: int) -> int:
         return -(-n // c0) * c0
 
     def conv_hook(m, _, out):
-        nonlocal total, seen_first_conv
-        cin = m.in_channels // m.groups if not seen_first_conv else up(m.in_channels // m.groups)
-        seen_first_conv = True
+        nonlocal total, first
+        cin = m.in_channels // m.groups if first else up(m.in_channels // m.groups)
+        first = False
         total += out.shape[2] * out.shape[3] * up(m.out_channels) * cin * math.prod(m.kernel_size)
 
     def linear_hook(m, _, out):
-        nonlocal total
-        total += up(m.in_features) * up(m.out_features)
+        nonlocal total, first
+        total += (m.in_features if first else up(m.in_features)) * up(m.out_features)
+        first = False
 
     hooks = [m.register_forward_hook(conv_hook if isinstance(m, nn.Conv2d) else linear_hook)
              for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]

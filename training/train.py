@@ -183,9 +183,9 @@ def _summary(cfg: Config, data: Dataset, results: dict, device, wall: float) -> 
                    "train_s": sum(sum(r.get("epoch_seconds", [])) for r in results.values()
                                   if r and not r.get("reused_from"))},
     }
-    summary["warnings"] = [  # a net that ends at chance level diverged (measured: LeNet-5 at lr 0.1 on MNIST)
-        f"the {role} ended at chance level ({100 * r['accuracy']:.2f} %): its training diverged; retry with a "
-        f"smaller --{section}-lr (now {getattr(cfg, section).lr})"
+    summary["warnings"] = [  # chance level: diverged (measured: LeNet-5 at lr 0.1 on MNIST) or undertrained
+        f"the {role} ended at chance level ({100 * r['accuracy']:.2f} %): it diverged or is undertrained; retry "
+        f"with a smaller --{section}-lr (now {getattr(cfg, section).lr}) or more --{section}-epochs"
         for role, section, r in (("teacher", "teacher", teacher), ("student", "student", student),
                                  ("baseline", "student", baseline))
         if r and not r.get("reused_from") and at_chance_level(r["accuracy"], data.info.num_classes)]
