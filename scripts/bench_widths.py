@@ -28,32 +28,49 @@ PRUNABLE = {"tinycnn": lambda w: {"stages": [[c] for c in w]}, "cnn": lambda w: 
             "lenet5": lambda w: {"channels": list(w)}}
 
 
-def widths(text: str) -> tuple[int, ...]:
+def integers(text: str) -> tuple[int, ...]:
+    """`8,16,32` -> (8, 16, 32), every value >= 1 (widths, or C,H,W)."""
     try:
         values = tuple(int(v) for v in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"widths are comma-separated integers, e.g. 8,16,32; got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, e.g. 8,16,32; got {text!r}") from None
     if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"every width must be >= 1, got {text!r}")
+        raise argparse.ArgumentTypeError(f"every value must be >= 1, got {text!r}")
     return values
+
+
+def positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=sorted(PRUNABLE), default="tinycnn")
-    parser.add_argument("--widths", type=widths, nargs="+", required=True, metavar="W1,W2,...",
+    parser.add_argument("--widths", type=integers, nargs="+", required=True, metavar="W1,W2,...",
                         help="conv widths per model; the first is the baseline")
-    parser.add_argument("--shape", type=widths, default=(1, 28, 28), metavar="C,H,W")
-    parser.add_argument("--batch", type=int, nargs="+", default=[1, 64])
-    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--shape", type=integers, default=(1, 28, 28), metavar="C,H,W")
+    parser.add_argument("--batch", type=positive, nargs="+", default=[1, 64])
+    parser.add_argument("--rounds", type=positive, default=7)
     args = parser.parse_args()
     shape = list(args.shape)
+    if len(shape) != 3:
+        parser.error(f"--shape takes C,H,W, got {args.shape}")
+    if len(set(args.widths)) != len(args.widths):
+        parser.error("each width set once, please: a repeated set would be measured as one")
     models = {}
     for w in args.widths:
         try:
-            models[",".join(map(str, w))] = build_model(make_arch(args.model, shape, 10, **PRUNABLE[args.model](w))).eval()
-        except UserError as e:  # e.g. the wrong number of widths for the model
-            parser.error(f"{args.model} cannot take widths {w}: {e}")
+            model = build_model(make_arch(args.model, shape, 10, **PRUNABLE[args.model](w))).eval()
+            count_macs(model, tuple(shape))  # one forward pass: an input too small for the model fails here
+        except (UserError, RuntimeError) as e:  # the wrong number of widths, or an image too small
+            parser.error(f"{args.model} cannot take widths {w} at shape {args.shape}: {str(e).splitlines()[0]}")
+        models[",".join(map(str, w))] = model
     base = next(iter(models))
     macs = {k: (count_macs(m, tuple(shape)), count_macs(m, tuple(shape), c0=C0)) for k, m in models.items()}
     print(f"{args.model}, ratios to widths {base}; 1 intra-op thread, median of {args.rounds} interleaved rounds")

@@ -7,6 +7,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from atlas.cli import main as cli_main
 from conftest import REPO
 
@@ -29,6 +31,18 @@ def test_bench_widths_prints_mac_and_latency_ratios_per_width_set():
 def test_bench_widths_with_the_wrong_number_of_widths_is_one_line():
     result = _script("bench_widths.py", "--model", "lenet5", "--widths", "6")
     assert result.returncode == 2 and "lenet5 cannot take widths (6,)" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--rounds", "0"], "--rounds: expected a whole number >= 1"),
+    (["--batch", "0"], "--batch: expected a whole number >= 1"),
+    (["--shape", "1,4,4"], "at shape (1, 4, 4): Calculated padded input size"),
+    (["--widths", "6,16", "6,16"], "each width set once"),
+])
+def test_bench_widths_bad_arguments_are_one_line(args, message):
+    result = _script("bench_widths.py", "--model", "lenet5", "--widths", "6,16", *args)
+    assert result.returncode == 2 and message in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
 
 
