@@ -30,15 +30,9 @@ def _arguments(line: str) -> list[str]:
 
 
 def host_patterns(text: str) -> set[str]:
-    """Every pattern on the config's Host lines (paramiko 5.1's get_hostnames() fails on Match blocks)."""
-    names: set[str] = set()
-    for line in text.splitlines():
-        if _keyword(line) == "host":
-            try:
-                names.update(_arguments(line))
-            except ValueError:
-                continue  # paramiko's own parse reports a broken line
-    return names
+    """Every pattern on the Host lines of a text from expand_includes, which has already read each of them
+    (paramiko 5.1's get_hostnames() fails on Match blocks)."""
+    return {word for line in text.splitlines() if _keyword(line) == "host" for word in _arguments(line)}
 
 
 class IncludeError(ValueError):
@@ -57,15 +51,18 @@ def expand_includes(path: Path, depth: int = 0) -> str:
     in_block = False  # after a Host or Match line: what follows is conditional
     for number, line in enumerate(lines, 1):
         keyword = _keyword(line)
-        if keyword in ("host", "match"):  # `Host *` and `Match all` apply to everyone, like the top level
-            in_block = _arguments(line) not in (["*"], ["all"])
-        if keyword != "include":
+        if keyword not in ("host", "match", "include"):
             out.append(line)
             continue
         try:
-            patterns = _arguments(line)
-        except ValueError as e:
-            raise IncludeError(f"{path}:{number}: cannot read the Include line: {e}") from None
+            words = _arguments(line)
+        except ValueError as e:  # an unclosed quote
+            raise IncludeError(f"{path}:{number}: cannot read the {keyword.capitalize()} line: {e}") from None
+        if keyword != "include":  # `Host *` and `Match all` apply to everyone, like the top level
+            in_block = words not in (["*"], ["all"])
+            out.append(line)
+            continue
+        patterns = words
         for pattern in patterns:
             try:
                 target = Path(pattern).expanduser()
