@@ -63,16 +63,16 @@ def main() -> int:
         parser.error(f"--shape takes C,H,W, got {args.shape}")
     if len(set(args.widths)) != len(args.widths):
         parser.error("each width set once, please: a repeated set would be measured as one")
-    models = {}
+    models, macs = {}, {}
     for w in args.widths:
+        key = ",".join(map(str, w))
         try:
-            model = build_model(make_arch(args.model, shape, 10, **PRUNABLE[args.model](w))).eval()
-            count_macs(model, tuple(shape))  # one forward pass: an input too small for the model fails here
+            models[key] = build_model(make_arch(args.model, shape, 10, **PRUNABLE[args.model](w))).eval()
+            # a forward pass: an input too small for the model fails here
+            macs[key] = count_macs(models[key], tuple(shape)), count_macs(models[key], tuple(shape), c0=C0)
         except (UserError, RuntimeError) as e:  # the wrong number of widths, or an image too small
             parser.error(f"{args.model} cannot take widths {w} at shape {args.shape}: {str(e).splitlines()[0]}")
-        models[",".join(map(str, w))] = model
     base = next(iter(models))
-    macs = {k: (count_macs(m, tuple(shape)), count_macs(m, tuple(shape), c0=C0)) for k, m in models.items()}
     print(f"{args.model}, ratios to widths {base}; 1 intra-op thread, median of {args.rounds} interleaved rounds")
     print(f"{'widths':>12} {'MACs':>6} {'MACs c16':>8} " + " ".join(
         f"{f'b{b} NCHWc':>10} {f'b{b} plain':>10}" for b in args.batch))

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from atlas.errors import UserError
+from training.channel_blocks import blocks
 from training.models import LeNet5, PlainCNN, ResNet, build_model
 
 MIN_KEEP = 0.25  # every layer keeps at least this fraction of its channels (and at least one)
@@ -167,7 +168,7 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...], c0: int = 1) -> i
     first = True  # the next layer hooked is the one that reads the image
 
     def up(n: int) -> int:
-        return -(-n // c0) * c0
+        return blocks(n, c0) * c0
 
     def conv_hook(m, _, out):
         nonlocal total, first
