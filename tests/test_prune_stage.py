@@ -28,6 +28,8 @@ def test_prune_writes_a_smaller_checkpoint_and_a_before_after_report(pruned_run)
     assert [layer["width"][0] for layer in blocks["layers"]] == [8, 16, 32]
     assert after["macs"] < after["macs_c0"] <= before["macs_c0"]
     assert set(before["latency_ms"]) == {"batch_1", "batch_64"} and all(v > 0 for v in after["latency_ms"].values())
+    for batch, spread in report["latency_ratio_rounds"].items():  # the median ratio lies within its rounds' range
+        assert spread["rounds"] == 9 and spread["min"] <= report["ratios"][f"latency_{batch}"] <= spread["max"]
     assert report["finetune"]["epochs"] == 1 and len(report["finetune"]["history"]) == 1
     model, payload = checkpoint.load_model(pruned_run / "pruned" / "student.pt", expect_arch="tinycnn")
     assert payload["arch"]["kwargs"]["stages"] == report["arch_after"]["kwargs"]["stages"]

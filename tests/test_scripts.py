@@ -51,7 +51,7 @@ def test_bench_prune_compares_a_pruned_run_with_its_original(demo_run, tmp_path)
     result = _script("bench_prune.py", "--run", str(demo_run), "--pruned", str(tmp_path / "pruned"), "--rounds", "1")
     assert result.returncode == 0, result.stderr
     lines = [line for line in result.stdout.splitlines() if line.startswith("batch")]
-    assert len(lines) == 2 and all("ratio" in line and "37,402 ->" in line for line in lines)
+    assert len(lines) == 2 and all("ratio" in line and "(rounds " in line and "37,402 ->" in line for line in lines)
 
 
 def test_bench_kd_writes_its_figures_as_json(tmp_path):

@@ -31,13 +31,14 @@ from training.slimming import count_macs, prune_channels
 
 
 def onnx_latency_ms(models: dict[str, torch.nn.Module], input_shape: list[int], batch: int, *,
-                    rounds: int = 5, calls: int | None = None, layout_blocking: bool = True) -> dict[str, dict]:
+                    rounds: int = 9, calls: int | None = None, layout_blocking: bool = True) -> dict[str, dict]:
     """Median per-call onnxruntime latency (ms) of each model at `batch`, measured interleaved in one process.
 
     One intra-op thread: the figures then compare work, not how well a tiny graph spreads over cores.
     `layout_blocking=False` stops at onnxruntime's "extended" graph optimisations, i.e. without its NCHWc
     layout whose kernels pad channels to 8 or 16 (training.channel_blocks): slower, but proportional to MACs.
-    Also returns each model's ONNX size in bytes (the legacy opset-11 export the pipeline uses, unsimplified).
+    Also returns each model's per-round figures ("rounds_ms", for round_ratios) and its ONNX size in bytes
+    (the legacy opset-11 export the pipeline uses, unsimplified).
     """
     import onnxruntime as ort
 
@@ -67,7 +68,15 @@ def onnx_latency_ms(models: dict[str, torch.nn.Module], input_shape: list[int], 
             for _ in range(calls):
                 session.run(None, {"input": x})
             times[name].append((time.perf_counter() - t0) / calls * 1000)
-    return {name: {"ms": statistics.median(times[name]), "onnx_bytes": sizes[name]} for name in models}
+    return {name: {"ms": statistics.median(times[name]), "rounds_ms": times[name], "onnx_bytes": sizes[name]}
+            for name in models}
+
+
+def round_ratios(result: dict[str, dict], num: str, den: str) -> list[float]:
+    """Per-round latency ratios num/den of one onnx_latency_ms result. The rounds are interleaved, so each
+    pair saw the same machine state; their spread tells whether a median ratio is distinguishable from a
+    threshold (measured here at batch 1: 0.76-0.87 for the same two models from one run to the next)."""
+    return [a / b for a, b in zip(result[num]["rounds_ms"], result[den]["rounds_ms"])]
 
 
 def prune(cfg: Config, run_dir: str | Path, out_dir: str | Path | None = None, *, fraction: float | None = None,
@@ -133,11 +142,14 @@ def prune(cfg: Config, run_dir: str | Path, out_dir: str | Path | None = None, *
                    "macs_c0": after["macs_c0"] / before["macs_c0"],
                    "onnx_bytes": after["onnx_bytes"] / before["onnx_bytes"],
                    **{f"latency_{b}": after["latency_ms"][b] / before["latency_ms"][b] for b in latency}},
+        "latency_ratio_rounds": {b: {"min": min(r), "max": max(r), "rounds": len(r)} for b, r in
+                                 ((b, round_ratios(latency[b], "after", "before")) for b in latency)},
         "accuracy_change_pts": 100 * (acc_after - acc_before),
         "npu_blocks": block_summary(student, pruned),
         "macs_c0_note": f"estimate, not a measurement: MACs with channels rounded up to the Cube's {C0}-channel blocks",
         "finetune": {"epochs": epochs, "lr": cfg.compress.finetune_lr, "history": history},
-        "latency_note": "onnxruntime CPU, 1 intra-op thread, median of interleaved rounds; not Ascend 310 figures",
+        "latency_note": ("onnxruntime CPU, 1 intra-op thread, median of interleaved rounds (in brackets: the range of "
+                         "the per-round ratios); not Ascend 310 figures"),
     }
     metrics = {**payload["metrics"], "accuracy": acc_after, "params": after["params"], "pruned": {
         "from": str(run_dir / "student.pt"), "fraction": fraction, "accuracy_before": acc_before}}
@@ -170,9 +182,9 @@ def format_report(r: dict, out_dir: Path) -> str:
             (f"MACs in {C0}-ch blocks", f"{b['macs_c0']:,}", f"{a['macs_c0']:,}", f"{q['macs_c0']:.2f}"),
             ("ONNX bytes", f"{b['onnx_bytes']:,}", f"{a['onnx_bytes']:,}", f"{q['onnx_bytes']:.2f}"),
             ("latency b1 (ms)", f"{b['latency_ms']['batch_1']:.4f}", f"{a['latency_ms']['batch_1']:.4f}",
-             f"{q['latency_batch_1']:.2f}"),
+             _ratio_with_spread(q["latency_batch_1"], r["latency_ratio_rounds"]["batch_1"])),
             ("latency b64 (ms)", f"{b['latency_ms']['batch_64']:.3f}", f"{a['latency_ms']['batch_64']:.3f}",
-             f"{q['latency_batch_64']:.2f}"),
+             _ratio_with_spread(q["latency_batch_64"], r["latency_ratio_rounds"]["batch_64"])),
             ("accuracy", f"{100 * b['accuracy']:.2f} %", f"{100 * a['accuracy']:.2f} %",
              f"{r['accuracy_change_pts']:+.2f} pts")]
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
@@ -181,6 +193,11 @@ def format_report(r: dict, out_dir: Path) -> str:
     lines.append(f"(latency: {r['latency_note']}); wrote {out_dir}/student.pt, config.json, prune.json; "
                  f"next: atlas-kd export --run {out_dir}")
     return "\n".join(lines)
+
+
+def _ratio_with_spread(ratio: float, spread: dict) -> str:
+    """`0.81 (0.78-0.85)`: the median ratio and the range of the per-round ratios."""
+    return f"{ratio:.2f} ({spread['min']:.2f}-{spread['max']:.2f})"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
