@@ -36,7 +36,7 @@ class TrainConfig:
     model: str = ""
     epochs: int = 5
     lr: float = 0.05
-    optimizer: str = "sgd"  # sgd | adam | adamw
+    optimizer: str = "sgd"  # sgd | pmw (PMW-SGD on the Linear weights, strength compress.pmw_strength) | adam | adamw
     momentum: float = 0.9
     weight_decay: float = 5e-4
     schedule: str = "onecycle"  # onecycle | cosine | constant

@@ -59,3 +59,30 @@ def test_layers_restricts_the_scaling():
         nn.functional.cross_entropy(model(x), y).backward()
         opt.step()
     assert torch.equal(a[0].weight, b[0].weight) and not torch.equal(a[2].weight, b[2].weight)
+
+
+def test_config_optimizer_pmw_scales_the_linear_weights_only():
+    """`student.optimizer = "pmw"` is PMW-SGD at compress.pmw_strength on the FC weights; conv weights, biases
+    and BN parameters take the same steps as with "sgd"."""
+    from atlas.config import TrainConfig
+    from training.distill import make_optimizer
+
+    def net():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(64, 3))
+
+    x, y = torch.randn(8, 1, 6, 6), torch.randint(0, 3, (8,))
+    stepped = {}
+    for name, strength in (("sgd", 0.0), ("pmw", 3.0), ("pmw", 0.0)):
+        model = net()
+        opt, _ = make_optimizer(model, TrainConfig(optimizer=name, lr=0.1, momentum=0.9), 1, pmw_strength=strength)
+        assert isinstance(opt, PMWSGD) == (name == "pmw")
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+        stepped[name, strength] = model
+    sgd, pmw, pmw0 = stepped["sgd", 0.0], stepped["pmw", 3.0], stepped["pmw", 0.0]
+    assert not torch.equal(sgd[4].weight, pmw[4].weight)  # the FC weight is rank-scaled
+    for a, b in ((sgd[0].weight, pmw[0].weight), (sgd[0].bias, pmw[0].bias), (sgd[1].weight, pmw[1].weight),
+                 (sgd[4].bias, pmw[4].bias)):
+        assert torch.equal(a, b)
+    assert all(torch.equal(a, b) for a, b in zip(sgd.parameters(), pmw0.parameters()))  # strength 0: SGD

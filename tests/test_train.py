@@ -80,6 +80,18 @@ def _state_epoch(path):
         return 0
 
 
+def test_student_trained_with_pmw_sgd_records_its_strength(trained, tmp_path):
+    run, _ = trained
+    result = run_cli("train", "--config", str(run / "config.json"), "--run", str(tmp_path / "pmw"),
+                     "--teacher", str(run / "teacher.pt"), "--student-epochs", "3", "--distill-baseline", "false",
+                     "--student-optimizer", "pmw", "--compress-pmw-strength", "3")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((tmp_path / "pmw" / "train.json").read_text())
+    model, payload = checkpoint.load_model(tmp_path / "pmw" / "student.pt")
+    assert payload["config"]["student"]["optimizer"] == "pmw" and payload["metrics"]["pmw_strength"] == 3.0
+    assert summary["student"]["accuracy"] > 0.25  # it learns: chance is 0.10 (512 images, 3 epochs; SGD: ~0.37)
+
+
 def test_kill_9_then_resume_finishes_with_the_same_result(tmp_path, tiny_config):
     args = ["--config", str(tiny_config), "--student-epochs", "6", "--no-progress"]
     straight = run_cli("train", *args, "--run", str(tmp_path / "straight"))
@@ -185,6 +197,14 @@ def test_unknown_model_and_dataset(tmp_path):
     assert_one_line_error(result, 2, "unknown model 'vgg16'")
     result, left = _bad(tmp_path, "--dataset", "imagenet")
     assert_one_line_error(result, 2, "unknown dataset 'imagenet'")
+    assert not left
+
+
+def test_unknown_optimizer_and_negative_pmw_strength(tmp_path):
+    result, left = _bad(tmp_path, "--student-optimizer", "lion")
+    assert_one_line_error(result, 2, "student.optimizer must be one of sgd, pmw, adam, adamw", "'lion'")
+    result, left = _bad(tmp_path, "--student-optimizer", "pmw", "--compress-pmw-strength", "-1")
+    assert_one_line_error(result, 2, "compress.pmw_strength must be >= 0")
     assert not left
 
 

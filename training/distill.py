@@ -24,6 +24,7 @@ from tqdm import tqdm
 from atlas.config import TrainConfig
 from atlas.errors import UserError
 from training import checkpoint
+from training.pmw_sgd import PMWSGD
 
 
 @dataclass
@@ -81,18 +82,30 @@ def random_crop_flip(images: torch.Tensor, generator: torch.Generator, pad: int 
     return out.permute(0, 3, 1, 2).contiguous()
 
 
+OPTIMIZERS = ("sgd", "pmw", "adam", "adamw")
+
+
 def make_optimizer(model: nn.Module, cfg: TrainConfig, steps_per_epoch: int,
-                   optimizer: torch.optim.Optimizer | None = None):
+                   optimizer: torch.optim.Optimizer | None = None, *, pmw_strength: float = 0.0):
+    """cfg's optimizer and learning-rate schedule. "pmw" is PMW-SGD (training/pmw_sgd.py) with the same
+    momentum and weight decay as "sgd", its rank scaling on the Linear weights only (the published method's
+    FC layers) at `pmw_strength` (config compress.pmw_strength; 0 makes it SGD)."""
     if optimizer is not None:
         opt = optimizer
     elif cfg.optimizer == "sgd":
         opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0,
                               weight_decay=cfg.weight_decay)
+    elif cfg.optimizer == "pmw":
+        if pmw_strength < 0:
+            raise UserError(f"compress.pmw_strength must be >= 0 (got {pmw_strength})")
+        fc = [m.weight for m in model.modules() if isinstance(m, nn.Linear)]
+        opt = PMWSGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0,
+                     weight_decay=cfg.weight_decay, strength=pmw_strength, layers=set(fc))
     elif cfg.optimizer in ("adam", "adamw"):
         cls = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
         opt = cls(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     else:
-        raise UserError(f"unknown optimizer '{cfg.optimizer}' (sgd, adam, adamw)")
+        raise UserError(f"unknown optimizer '{cfg.optimizer}' ({', '.join(OPTIMIZERS)})")
     total = max(1, cfg.epochs * steps_per_epoch)
     if cfg.schedule == "onecycle":
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=0.25)
@@ -110,16 +123,16 @@ def fit(model: nn.Module, train: Split, test: Split, cfg: TrainConfig, *, batch_
         desc: str = "train", progress: bool = True, log: Callable[[str], None] = print,
         extra_loss: Callable[[nn.Module], torch.Tensor] | None = None,
         after_step: Callable[[nn.Module], None] | None = None,
-        optimizer: torch.optim.Optimizer | None = None) -> list[dict]:
+        optimizer: torch.optim.Optimizer | None = None, pmw_strength: float = 0.0) -> list[dict]:
     """Train `model` for cfg.epochs; returns per-epoch history. Saves a resumable state after every epoch.
 
     `extra_loss(model)` is added to every step's loss (the slimming L1 penalty); `after_step(model)` runs after
     every optimizer step (pruning masks keep pruned weights at zero); `optimizer` replaces the one cfg names
-    (PMW-SGD), the learning-rate schedule still comes from cfg.
+    (the learning-rate schedule still comes from cfg); `pmw_strength` is PMW-SGD's when cfg names "pmw".
     """
     n = len(train.labels)
     steps = (n + batch_size - 1) // batch_size
-    opt, sched = make_optimizer(model, cfg, steps, optimizer)
+    opt, sched = make_optimizer(model, cfg, steps, optimizer, pmw_strength=pmw_strength)
     generator = torch.Generator().manual_seed(seed)
     history: list[dict] = []
     start_epoch = 0

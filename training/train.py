@@ -19,7 +19,7 @@ from atlas.errors import UserError
 from atlas.fileio import write_json
 from training import checkpoint
 from training.data import Dataset, load_dataset, normalize
-from training.distill import KDSetup, Split, accuracy, at_chance_level, fit, predict
+from training.distill import OPTIMIZERS, KDSetup, Split, accuracy, at_chance_level, fit, predict
 from training.models import build_model, count_parameters, make_arch
 from training.slimming import bn_l1_penalty
 
@@ -53,6 +53,10 @@ def _check_config(cfg: Config) -> None:
         make_arch(spec.model, (1, 28, 28), 10)  # validates the name early, before any data is read
         if spec.epochs < 1:
             raise UserError(f"{role}.epochs must be >= 1 (got {spec.epochs})")
+        if spec.optimizer not in OPTIMIZERS:
+            raise UserError(f"{role}.optimizer must be one of {', '.join(OPTIMIZERS)} (got {spec.optimizer!r})")
+    if cfg.compress.pmw_strength < 0:
+        raise UserError(f"compress.pmw_strength must be >= 0 (got {cfg.compress.pmw_strength})")
     if not 0.0 <= cfg.distill.alpha <= 1.0:
         raise UserError(f"distill.alpha must be in [0, 1] (got {cfg.distill.alpha})")
     if cfg.distill.temperature <= 0:
@@ -119,10 +123,12 @@ def train(cfg: Config, run_dir: str | Path, *, teacher_path: str | Path | None =
         history = fit(model, train_split, test_split, spec, batch_size=cfg.data.batch_size,
                       seed=cfg.seed + 1000 + seed_offset, kd=kd, augment=cfg.data.augment,
                       state_path=run_dir / "state" / f"{role}.pt", resume=resume, desc=role, progress=progress,
-                      log=log, extra_loss=slim)
+                      log=log, extra_loss=slim, pmw_strength=cfg.compress.pmw_strength)
         metrics = _phase_metrics(spec.model, model, history, test_split)
         if slim is not None:
             metrics["slim"] = cfg.compress.slim
+        if spec.optimizer == "pmw":
+            metrics["pmw_strength"] = cfg.compress.pmw_strength
         if kd is not None:
             metrics["kd"] = {"temperature": kd.temperature, "alpha": kd.alpha,
                              "teacher_logits_cached": kd.cached_logits is not None}
