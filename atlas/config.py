@@ -57,6 +57,8 @@ class CompressConfig:
     finetune_epochs: int = 5  # KD fine-tuning after channel pruning
     finetune_lr: float = 0.02
     pmw_strength: float = 2.0  # PMW-SGD: how much more the largest weights move than the smallest (0 = SGD)
+    fc_sparsity: float = 0.0  # fraction of FC weights `atlas-kd prune` zeroes by magnitude (unstructured)
+    fc_scope: str = "global"  # global: rank all FC weights together | layer: each FC layer to the same sparsity
 
 
 @dataclass

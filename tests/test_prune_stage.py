@@ -3,6 +3,7 @@ import json
 import shutil
 
 import pytest
+import torch
 
 from atlas.cli import main
 from atlas.errors import UserError
@@ -87,17 +88,73 @@ def test_residual_student_is_refused(demo_run, tmp_path, capsys):
     assert not (run / "pruned").exists()
 
 
+def test_a_student_without_convs_takes_fc_sparsity_but_not_channel_pruning(demo_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(demo_run, run)
+    arch = make_arch("mlp50", (1, 28, 28), 10)
+    payload = checkpoint.load(run / "student.pt")
+    checkpoint.save(run / "student.pt", {**payload, "arch": arch, "state_dict": build_model(arch).state_dict()})
+    assert main(["prune", "--run", str(run), "--channels", "0.5"]) == 2
+    assert "no conv channels to remove" in _error(capsys) and not (run / "pruned").exists()
+    assert main(["prune", "--run", str(run), "--channels", "0", "--fc-sparsity", "0.8", "--epochs", "0"]) == 0
+    assert "no convs: the Ascend Cube's channel blocks do not apply" in capsys.readouterr().out
+    report = json.loads((run / "pruned" / "prune.json").read_text())
+    assert report["fc_sparsity"]["measured"] == pytest.approx(0.8, abs=1e-4) and report["npu_blocks"]["layers"] == []
+
+
 def test_align_below_one_is_one_line(demo_run, capsys):
     assert main(["prune", "--run", str(demo_run), "--align", "0"]) == 2
     assert "--align" in _error(capsys)
     assert not (demo_run / "pruned").exists()
 
 
-@pytest.mark.parametrize("fraction", ["0", "1", "1.5", "-0.1"])
-def test_fraction_outside_zero_one_is_one_line(demo_run, fraction, capsys):
-    assert main(["prune", "--run", str(demo_run), "--channels", fraction]) == 2
-    assert "(0, 1)" in _error(capsys)
+@pytest.mark.parametrize("option, value", [("--channels", "1"), ("--channels", "1.5"), ("--channels", "-0.1"),
+                                           ("--fc-sparsity", "1"), ("--fc-sparsity", "-0.5")])
+def test_fraction_outside_zero_one_is_one_line(demo_run, option, value, capsys):
+    assert main(["prune", "--run", str(demo_run), option, value]) == 2
+    assert f"{option} must be a fraction in [0, 1)" in _error(capsys)
     assert not (demo_run / "pruned").exists()
+
+
+def test_nothing_to_prune_and_an_unknown_fc_scope_are_one_line(demo_run, capsys):
+    assert main(["prune", "--run", str(demo_run), "--channels", "0"]) == 2
+    assert "nothing to prune" in _error(capsys)
+    assert main(["prune", "--run", str(demo_run), "--fc-sparsity", "0.5", "--compress-fc-scope", "row"]) == 2
+    assert "--fc-scope must be 'global' or 'layer'" in _error(capsys)
+    assert not (demo_run / "pruned").exists()
+
+
+def _fc_weights(model):
+    return [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
+
+
+def test_fc_sparsity_alone_zeroes_that_fraction_of_fc_weights_and_fine_tuning_keeps_them_zero(demo_run, tmp_path,
+                                                                                                capsys):
+    out = tmp_path / "sparse"
+    assert main(["prune", "--run", str(demo_run), "--channels", "0", "--fc-sparsity", "0.9", "--epochs", "1",
+                 "--out", str(out)]) == 0
+    report = json.loads((out / "prune.json").read_text())
+    model, payload = checkpoint.load_model(out / "student.pt")
+    (weight,) = _fc_weights(model)  # tinycnn: one Linear, 10 x 288
+    assert int((weight == 0).sum()) == round(0.9 * weight.numel())  # still after a fine-tuning epoch
+    assert report["fc_sparsity"] == {"target": 0.9, "scope": "global", "measured": pytest.approx(0.9)}
+    assert payload["arch"] == report["arch_before"] == report["arch_after"] and report["removed_fraction"] == 0
+    before, after = report["before"], report["after"]
+    assert before["params"] == after["params"] and after["nonzero_params"] <= before["nonzero_params"] - 2592
+    assert before["onnx_bytes"] == after["onnx_bytes"]  # unstructured zeros: the ONNX keeps its size
+    assert "FC weights 90.0 % zero (global magnitude)" in capsys.readouterr().out
+
+
+def test_channels_and_fc_sparsity_together_per_layer(demo_run, tmp_path):
+    out = tmp_path / "both"
+    assert main(["prune", "--run", str(demo_run), "--channels", "0.5", "--fc-sparsity", "0.5", "--fc-scope", "layer",
+                 "--epochs", "0", "--out", str(out)]) == 0
+    report = json.loads((out / "prune.json").read_text())
+    model, _ = checkpoint.load_model(out / "student.pt")
+    (weight,) = _fc_weights(model)
+    assert weight.shape[1] == 9 * report["arch_after"]["kwargs"]["stages"][-1][0]  # the channel surgery happened
+    assert int((weight == 0).sum()) == round(0.5 * weight.numel()) and report["fc_sparsity"]["scope"] == "layer"
+    assert report["before"]["onnx_bytes"] > report["after"]["onnx_bytes"]
 
 
 def test_align_that_leaves_nothing_to_remove_is_one_line(demo_run, tmp_path, capsys):

@@ -44,6 +44,8 @@ def block_summary(before: nn.Module, after: nn.Module, c0: int = C0) -> dict:
 
 def describe(summary: dict) -> str:
     """One line for the prune report: blocks per conv, and the convs whose thinning saves no NPU work."""
+    if not summary["layers"]:
+        return "no convs: the Ascend Cube's channel blocks do not apply"
     before = [layer["blocks"][0] for layer in summary["layers"]]
     after = [layer["blocks"][1] for layer in summary["layers"]]
     line = f"{summary['c0']}-channel blocks per conv (Ascend Cube): {before} -> {after}"

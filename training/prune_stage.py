@@ -1,14 +1,17 @@
-"""`atlas-kd prune --run R --channels 0.5`: remove channels from R's student, fine-tune it with KD from R's
-teacher, and write the result as a run folder of its own (default R/pruned/: student.pt, config.json,
+"""`atlas-kd prune --run R --channels 0.5 [--fc-sparsity 0.9]`: remove channels from R's student (and/or zero
+the smallest of its fully-connected weights), fine-tune it with KD from R's teacher, and write the result as a run folder of its own (default R/pruned/: student.pt, config.json,
 prune.json), so that `atlas-kd export --run R/pruned`, `om`, `deploy` and `verify` take it unchanged: the
 pruned checkpoint carries its smaller widths in its arch dict, and the config still names the same model.
 
-prune.json compares before and after, measured in the same run: parameters, MACs, ONNX bytes, onnxruntime
-latency at batch 1 and batch 64, accuracy.
+prune.json compares before and after, measured in the same run: parameters (and non-zero ones), MACs, ONNX
+bytes, onnxruntime latency at batch 1 and batch 64, accuracy. FC sparsity is unstructured: it keeps the ONNX
+the same size and the NPU's work the same (training/pruning.py); it is there for students trained with
+PMW-SGD (`--student-optimizer pmw`) and for studying how much of a layer a model needs.
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 import shutil
 import statistics
@@ -27,6 +30,7 @@ from training.channel_blocks import C0, block_summary, describe
 from training.data import load_dataset
 from training.distill import KDSetup, accuracy, at_chance_level, fit, predict
 from training.models import count_parameters
+from training.pruning import linear_weights, prune_linear, sparsity_of
 from training.slimming import count_macs, prune_channels
 
 
@@ -79,27 +83,46 @@ def round_ratios(result: dict[str, dict], num: str, den: str) -> list[float]:
     return [a / b for a, b in zip(result[num]["rounds_ms"], result[den]["rounds_ms"])]
 
 
+def nonzero_parameters(model: torch.nn.Module) -> int:
+    return sum(int(torch.count_nonzero(p)) for p in model.parameters())
+
+
 def prune(cfg: Config, run_dir: str | Path, out_dir: str | Path | None = None, *, fraction: float | None = None,
-          epochs: int | None = None, align: int | None = None, progress: bool = False, log=print) -> dict:
+          epochs: int | None = None, align: int | None = None, fc_sparsity: float | None = None,
+          fc_scope: str | None = None, progress: bool = False, log=print) -> dict:
     run_dir = Path(run_dir)
     out_dir = Path(out_dir) if out_dir else run_dir / "pruned"
     fraction = cfg.compress.channels if fraction is None else fraction
     epochs = cfg.compress.finetune_epochs if epochs is None else epochs
     align = cfg.compress.align if align is None else align
-    if not 0.0 < fraction < 1.0:
-        raise UserError(f"--channels must be a fraction in (0, 1), got {fraction}")
+    fc_sparsity = cfg.compress.fc_sparsity if fc_sparsity is None else fc_sparsity
+    fc_scope = cfg.compress.fc_scope if fc_scope is None else fc_scope
+    if not 0.0 <= fraction < 1.0:
+        raise UserError(f"--channels must be a fraction in [0, 1), got {fraction}")
+    if not 0.0 <= fc_sparsity < 1.0:
+        raise UserError(f"--fc-sparsity must be a fraction in [0, 1), got {fc_sparsity}")
+    if fc_scope not in ("global", "layer"):
+        raise UserError(f"--fc-scope must be 'global' or 'layer', got {fc_scope!r}")
+    if fraction == 0 and fc_sparsity == 0:
+        raise UserError("nothing to prune: give --channels FRACTION (conv channels) and/or --fc-sparsity FRACTION "
+                        "(FC weights)")
     if epochs < 0:
         raise UserError(f"fine-tuning epochs must be >= 0, got {epochs}")
     student, payload = checkpoint.load_model(run_dir / "student.pt")
     arch = payload["arch"]
-    pruned, new_arch, keep = prune_channels(student, arch, fraction, align)  # refuses unprunable models early
     widths = channel_blocks.conv_widths(student)
-    removed = 1 - sum(len(k) for k in keep) / sum(widths)
-    if removed == 0 and align > 1:
+    if fraction:
+        pruned, new_arch, keep = prune_channels(student, arch, fraction, align)  # refuses unprunable models early
+    else:  # FC sparsity only: every channel stays, whatever the architecture
+        pruned, new_arch, keep = copy.deepcopy(student).eval(), arch, [torch.arange(w) for w in widths]
+    removed = 1 - sum(len(k) for k in keep) / sum(widths) if widths else 0.0
+    if fraction and removed == 0 and align > 1:
         raise UserError(f"--align {align} rounds every layer of {widths} back to its full width, so nothing would "
                         f"be removed: use a smaller --align or a larger --channels")
-    if removed == 0:
+    if fraction and removed == 0:
         raise UserError(f"--channels {fraction} removes no channel of {widths}: use a larger fraction")
+    if fc_sparsity and not linear_weights(pruned):
+        raise UserError(f"--fc-sparsity: {arch['name']} has no fully-connected layer to prune")
     teacher, _ = checkpoint.load_model(run_dir / "teacher.pt")
 
     data = load_dataset(payload["dataset"], cfg.data.dir or None, progress=False).limited(
@@ -107,9 +130,13 @@ def prune(cfg: Config, run_dir: str | Path, out_dir: str | Path | None = None, *
     from training.train import to_splits
 
     train_split, test_split = to_splits(data, torch.device("cpu"))
+    keep_fc_zero = prune_linear(pruned, fc_sparsity, fc_scope) if fc_sparsity else None
     acc_before, acc_pruned = accuracy(student, test_split), accuracy(pruned, test_split)
-    log(f"removed {removed:.0%} of the conv channels: widths {widths} -> {[len(k) for k in keep]}; accuracy "
-        f"{100 * acc_before:.2f} % -> {100 * acc_pruned:.2f} % before fine-tuning")
+    done = [f"removed {removed:.0%} of the conv channels: widths {widths} -> {[len(k) for k in keep]}"] if fraction \
+        else []
+    if fc_sparsity:
+        done.append(f"zeroed {fc_sparsity:.0%} of the FC weights ({fc_scope} magnitude)")
+    log(f"{'; '.join(done)}; accuracy {100 * acc_before:.2f} % -> {100 * acc_pruned:.2f} % before fine-tuning")
 
     history = []
     if epochs:
@@ -117,7 +144,7 @@ def prune(cfg: Config, run_dir: str | Path, out_dir: str | Path | None = None, *
         spec = TrainConfig(model=arch["name"], epochs=epochs, lr=cfg.compress.finetune_lr, schedule="onecycle",
                            momentum=cfg.student.momentum, weight_decay=cfg.student.weight_decay)
         history = fit(pruned, train_split, test_split, spec, batch_size=cfg.data.batch_size, seed=cfg.seed + 2000,
-                      kd=kd, desc="fine-tune", progress=progress, log=log)
+                      kd=kd, desc="fine-tune", progress=progress, log=log, after_step=keep_fc_zero)
     acc_after = accuracy(pruned, test_split)
     _refuse_diverged(history, acc_pruned, acc_after, payload["arch"]["num_classes"], cfg.compress.finetune_lr)
     pruned.eval()
@@ -127,7 +154,8 @@ def prune(cfg: Config, run_dir: str | Path, out_dir: str | Path | None = None, *
     latency = {f"batch_{b}": onnx_latency_ms({"before": student, "after": pruned}, shape, b) for b in (1, 64)}
 
     def side(model, acc, key):
-        return {"params": count_parameters(model), "macs": count_macs(model, tuple(shape)),
+        return {"params": count_parameters(model), "nonzero_params": nonzero_parameters(model),
+                "macs": count_macs(model, tuple(shape)),
                 "macs_c0": count_macs(model, tuple(shape), c0=C0), "accuracy": acc,
                 "onnx_bytes": latency["batch_1"][key]["onnx_bytes"],
                 "latency_ms": {b: latency[b][key]["ms"] for b in latency}}
@@ -137,8 +165,12 @@ def prune(cfg: Config, run_dir: str | Path, out_dir: str | Path | None = None, *
     report = {
         "source": str(run_dir), "arch_before": arch, "arch_after": new_arch, "fraction": fraction,
         "align": align, "removed_fraction": removed,
+        "fc_sparsity": {"target": fc_sparsity, "scope": fc_scope,
+                        "measured": sparsity_of(linear_weights(pruned))} if fc_sparsity else None,
         "kept_channels": [k.tolist() for k in keep], "before": before, "after": after,
-        "ratios": {"params": after["params"] / before["params"], "macs": after["macs"] / before["macs"],
+        "ratios": {"params": after["params"] / before["params"],
+                   "nonzero_params": after["nonzero_params"] / before["nonzero_params"],
+                   "macs": after["macs"] / before["macs"],
                    "macs_c0": after["macs_c0"] / before["macs_c0"],
                    "onnx_bytes": after["onnx_bytes"] / before["onnx_bytes"],
                    **{f"latency_{b}": after["latency_ms"][b] / before["latency_ms"][b] for b in latency}},
@@ -152,7 +184,8 @@ def prune(cfg: Config, run_dir: str | Path, out_dir: str | Path | None = None, *
                          "the per-round ratios); not Ascend 310 figures"),
     }
     metrics = {**payload["metrics"], "accuracy": acc_after, "params": after["params"], "pruned": {
-        "from": str(run_dir / "student.pt"), "fraction": fraction, "accuracy_before": acc_before}}
+        "from": str(run_dir / "student.pt"), "fraction": fraction, "fc_sparsity": fc_sparsity,
+        "accuracy_before": acc_before}}
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpoint.save(out_dir / "student.pt", {**payload, "arch": new_arch, "metrics": metrics,
                                              "state_dict": {k: v.clone() for k, v in pruned.state_dict().items()}})
@@ -178,6 +211,8 @@ def format_report(r: dict, out_dir: Path) -> str:
     b, a, q = r["before"], r["after"], r["ratios"]
     rows = [("", "before", "after", "after/before"),
             ("parameters", f"{b['params']:,}", f"{a['params']:,}", f"{q['params']:.2f}"),
+            ("non-zero parameters", f"{b['nonzero_params']:,}", f"{a['nonzero_params']:,}",
+             f"{q['nonzero_params']:.2f}"),
             ("MACs / image", f"{b['macs']:,}", f"{a['macs']:,}", f"{q['macs']:.2f}"),
             (f"MACs in {C0}-ch blocks", f"{b['macs_c0']:,}", f"{a['macs_c0']:,}", f"{q['macs_c0']:.2f}"),
             ("ONNX bytes", f"{b['onnx_bytes']:,}", f"{a['onnx_bytes']:,}", f"{q['onnx_bytes']:.2f}"),
@@ -190,6 +225,9 @@ def format_report(r: dict, out_dir: Path) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in rows]
     lines.append(describe(r["npu_blocks"]))
+    if r["fc_sparsity"]:
+        lines.append(f"FC weights {100 * r['fc_sparsity']['measured']:.1f} % zero ({r['fc_sparsity']['scope']} "
+                     "magnitude): unstructured zeros keep the ONNX its size and the Ascend 310 its work")
     lines.append(f"(latency: {r['latency_note']}); wrote {out_dir}/student.pt, config.json, prune.json; "
                  f"next: atlas-kd export --run {out_dir}")
     return "\n".join(lines)
@@ -206,6 +244,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, metavar="N", help="KD fine-tuning epochs after pruning")
     parser.add_argument("--align", type=int, metavar="N", help="round each layer's width to a multiple of N "
                         "(16 matches the Ascend Cube's channel blocks; default 1: no rounding)")
+    parser.add_argument("--fc-sparsity", type=float, metavar="FRACTION",
+                        help="also zero this fraction of the fully-connected weights, smallest |w| first (unstructured: "
+                        "no smaller ONNX; for PMW-SGD-trained students); --channels 0 prunes FC weights only")
+    parser.add_argument("--fc-scope", choices=["global", "layer"],
+                        help="rank FC weights across all FC layers (global, default) or prune each layer alike")
     parser.add_argument("--out", metavar="DIR", help="where the pruned run goes (default <run>/pruned)")
     add_config_arguments(parser, sections=["data", "compress"])
 
@@ -215,5 +258,5 @@ def run(args: argparse.Namespace) -> int:
     if not (run_dir / "config.json").exists() and args.config is None:
         raise UserError(f"{run_dir} has no config.json: train first (atlas-kd train --run {run_dir})")
     prune(config_from_args(args, run_dir), run_dir, args.out, fraction=args.channels, epochs=args.epochs,
-          align=args.align)
+          align=args.align, fc_sparsity=args.fc_sparsity, fc_scope=args.fc_scope)
     return 0

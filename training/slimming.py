@@ -58,7 +58,7 @@ def _check_prunable(model: nn.Module, arch: dict) -> None:
                         "channel pruning is refused for it; prune a plain student (tinycnn, lenet5) instead")
     if not isinstance(model, (PlainCNN, LeNet5)):
         raise UserError(f"'{arch['name']}' has no conv channels to remove (channel pruning needs tinycnn, cnn "
-                        "or lenet5); for fully-connected layers use magnitude pruning (training/pruning.py)")
+                        "or lenet5); for its fully-connected weights use --channels 0 --fc-sparsity FRACTION")
 
 
 def select_channels(model: nn.Module, arch: dict, fraction: float, align: int = 1) -> list[torch.Tensor]:
