@@ -597,41 +597,32 @@ def _attrs(node: onnx.NodeProto) -> dict[str, AttributeProto]:
     return {a.name: a for a in node.attribute}
 
 
-def _int(node: onnx.NodeProto, name: str, default: int) -> int:
+def _typed_attr(node: onnx.NodeProto, name: str, type_: int, what: str) -> AttributeProto | None:
+    """The attribute, or None when absent; one of another type is _BadAttribute (the getters below share this)."""
     a = _attrs(node).get(name)
-    if a is None:
-        return default
-    if a.type != AttributeProto.INT:
-        raise _BadAttribute(f"attribute {name} should be an int, is {AttributeProto.AttributeType.Name(a.type)}")
-    return a.i
+    if a is not None and a.type != type_:
+        raise _BadAttribute(f"attribute {name} should be {what}, is {AttributeProto.AttributeType.Name(a.type)}")
+    return a
+
+
+def _int(node: onnx.NodeProto, name: str, default: int) -> int:
+    a = _typed_attr(node, name, AttributeProto.INT, "an int")
+    return default if a is None else a.i
 
 
 def _ints(node: onnx.NodeProto, name: str) -> list[int] | None:
-    a = _attrs(node).get(name)
-    if a is None:
-        return None
-    if a.type != AttributeProto.INTS:
-        raise _BadAttribute(f"attribute {name} should be a list of ints, is "
-                            f"{AttributeProto.AttributeType.Name(a.type)}")
-    return list(a.ints)
+    a = _typed_attr(node, name, AttributeProto.INTS, "a list of ints")
+    return None if a is None else list(a.ints)
 
 
 def _float(node: onnx.NodeProto, name: str, default: float) -> float:
-    a = _attrs(node).get(name)
-    if a is None:
-        return default
-    if a.type != AttributeProto.FLOAT:
-        raise _BadAttribute(f"attribute {name} should be a float, is {AttributeProto.AttributeType.Name(a.type)}")
-    return a.f
+    a = _typed_attr(node, name, AttributeProto.FLOAT, "a float")
+    return default if a is None else a.f
 
 
 def _string(node: onnx.NodeProto, name: str, default: str) -> str:
-    a = _attrs(node).get(name)
-    if a is None:
-        return default
-    if a.type != AttributeProto.STRING:
-        raise _BadAttribute(f"attribute {name} should be a string, is {AttributeProto.AttributeType.Name(a.type)}")
-    return a.s.decode("utf-8", "replace")
+    a = _typed_attr(node, name, AttributeProto.STRING, "a string")
+    return default if a is None else a.s.decode("utf-8", "replace")
 
 
 def _input(node: onnx.NodeProto, index: int) -> str | None:

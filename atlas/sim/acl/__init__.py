@@ -112,10 +112,8 @@ def create_data_buffer(data, size):
 
 
 def _buffer(data_buffer, call: str) -> DataBuffer:
-    found = STATE.buffers.get(data_buffer)
-    if found is None:
-        raise Fail(C.ACL_ERROR_INVALID_PARAM, f"{call}: {data_buffer!r} is not a live data buffer")
-    return found
+    return STATE.require_live(STATE.buffers, data_buffer, C.ACL_ERROR_INVALID_PARAM,
+                              f"{call}: {data_buffer!r} is not a live data buffer")
 
 
 @api("acl.destroy_data_buffer")

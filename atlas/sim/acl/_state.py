@@ -130,6 +130,15 @@ class State:
         if not self.initialized:
             raise Fail(C.ACL_ERROR_UNINITIALIZE, "acl.init has not been called (or acl.finalize already was)")
 
+    def require_live(self, table: dict, handle, code: int, why: str):
+        """table[handle], or Fail(code, why) when the handle is not in it: the one "is not a live ..." check.
+
+        Membership, not a None value, decides: a desc before get_desc is live though its value is None.
+        """
+        if handle not in table:
+            raise Fail(code, why)
+        return table[handle]
+
     def current_context(self):
         """The calling thread's context: the one it set or created, else the default one of a set device."""
         handle = getattr(self.thread, "context", None)

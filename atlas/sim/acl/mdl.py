@@ -64,9 +64,8 @@ def load_from_mem(model, model_size):
 
 
 def _model(model_id, context: int, call: str) -> LoadedModel:
-    model = STATE.models.get(model_id)
-    if model is None:
-        raise Fail(C.ACL_ERROR_INVALID_MODEL_ID, f"{call}: model_id {model_id!r} is not a loaded model")
+    model = STATE.require_live(STATE.models, model_id, C.ACL_ERROR_INVALID_MODEL_ID,
+                               f"{call}: model_id {model_id!r} is not a loaded model")
     if model.context != context:
         raise Fail(C.ACL_ERROR_RT_MODEL_CONTEXT, f"{call}: model {model_id} was loaded in another context")
     return model
@@ -91,20 +90,18 @@ def create_desc():
 @api("acl.mdl.get_desc")
 def get_desc(model_desc, model_id):
     STATE.require_init()
-    if model_desc not in STATE.descs:
-        raise Fail(C.ACL_ERROR_INVALID_PARAM, f"get_desc: {model_desc!r} is not a live model desc (desc first, "
-                                              "model_id second)")
-    model = STATE.models.get(model_id)
-    if model is None:
-        raise Fail(C.ACL_ERROR_INVALID_MODEL_ID, f"get_desc: model_id {model_id!r} is not a loaded model")
+    STATE.require_live(STATE.descs, model_desc, C.ACL_ERROR_INVALID_PARAM,
+                       f"get_desc: {model_desc!r} is not a live model desc (desc first, model_id second)")
+    model = STATE.require_live(STATE.models, model_id, C.ACL_ERROR_INVALID_MODEL_ID,
+                               f"get_desc: model_id {model_id!r} is not a loaded model")
     STATE.descs[model_desc] = model
     return C.ACL_SUCCESS
 
 
 @api("acl.mdl.destroy_desc")
 def destroy_desc(model_desc):
-    if model_desc not in STATE.descs:
-        raise Fail(C.ACL_ERROR_INVALID_PARAM, f"destroy_desc: {model_desc!r} is not a live model desc")
+    STATE.require_live(STATE.descs, model_desc, C.ACL_ERROR_INVALID_PARAM,
+                       f"destroy_desc: {model_desc!r} is not a live model desc")
     del STATE.descs[model_desc]
     return C.ACL_SUCCESS
 
@@ -218,18 +215,18 @@ def create_dataset():
 @api("acl.mdl.destroy_dataset")
 def destroy_dataset(dataset):
     # Destroys the dataset only; its buffers and their memory are the caller's to release (spec §1.4).
-    if dataset not in STATE.datasets:
-        raise Fail(C.ACL_ERROR_INVALID_PARAM, f"destroy_dataset: {dataset!r} is not a live dataset")
+    STATE.require_live(STATE.datasets, dataset, C.ACL_ERROR_INVALID_PARAM,
+                       f"destroy_dataset: {dataset!r} is not a live dataset")
     del STATE.datasets[dataset]
     return C.ACL_SUCCESS
 
 
 @api("acl.mdl.add_dataset_buffer", "pair", lambda dataset, *_: dataset)
 def add_dataset_buffer(dataset, data_buffer):
-    if dataset not in STATE.datasets:
-        raise Fail(C.ACL_ERROR_INVALID_PARAM, f"add_dataset_buffer: {dataset!r} is not a live dataset")
-    if data_buffer not in STATE.buffers:
-        raise Fail(C.ACL_ERROR_INVALID_PARAM, f"add_dataset_buffer: {data_buffer!r} is not a live data buffer")
+    STATE.require_live(STATE.datasets, dataset, C.ACL_ERROR_INVALID_PARAM,
+                       f"add_dataset_buffer: {dataset!r} is not a live dataset")
+    STATE.require_live(STATE.buffers, data_buffer, C.ACL_ERROR_INVALID_PARAM,
+                       f"add_dataset_buffer: {data_buffer!r} is not a live data buffer")
     STATE.datasets[dataset].append(data_buffer)
     return dataset, C.ACL_SUCCESS  # a tuple whose first item is the same dataset (spec §1.4 [OFF])
 
@@ -244,16 +241,14 @@ def get_dataset_buffer(dataset, index):
 
 @api("acl.mdl.get_dataset_num_buffers", "value")
 def get_dataset_num_buffers(dataset):
-    if dataset not in STATE.datasets:
-        raise Fail(C.ACL_ERROR_INVALID_PARAM, f"get_dataset_num_buffers: {dataset!r} is not a live dataset")
-    return len(STATE.datasets[dataset])
+    return len(STATE.require_live(STATE.datasets, dataset, C.ACL_ERROR_INVALID_PARAM,
+                                  f"get_dataset_num_buffers: {dataset!r} is not a live dataset"))
 
 
 # -- execution --------------------------------------------------------------------------------------------------
 def _buffers(dataset, specs, what: str, not_match: int) -> list:
-    handles = STATE.datasets.get(dataset)
-    if handles is None:
-        raise Fail(C.ACL_ERROR_INVALID_PARAM, f"execute: {what} dataset {dataset!r} is not a live dataset")
+    handles = STATE.require_live(STATE.datasets, dataset, C.ACL_ERROR_INVALID_PARAM,
+                                 f"execute: {what} dataset {dataset!r} is not a live dataset")
     if len(handles) != len(specs):
         raise Fail(not_match, f"execute: the {what} dataset has {len(handles)} buffers, the model has "
                               f"{len(specs)} {what}s")
@@ -304,9 +299,8 @@ def execute(model_id, input, output):  # noqa: A002 (the real argument names)
 @api("acl.mdl.execute_async")
 def execute_async(model_id, input, output, stream):  # noqa: A002
     _prepare(model_id, input, output, "execute_async")
-    found = STATE.streams.get(stream)
-    if found is None:
-        raise Fail(C.ACL_ERROR_RT_PARAM_INVALID, f"execute_async: {stream!r} is not a live stream")
+    found = STATE.require_live(STATE.streams, stream, C.ACL_ERROR_RT_PARAM_INVALID,
+                               f"execute_async: {stream!r} is not a live stream")
     if found.context != STATE.current_context():
         raise Fail(C.ACL_ERROR_RT_STREAM_CONTEXT, "execute_async: the stream belongs to another context")
     # Submitted, not run: the outputs are written at acl.rt.synchronize_stream, as on the device (spec §1.5).

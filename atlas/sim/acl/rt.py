@@ -99,8 +99,8 @@ def destroy_context(context):
 @api("acl.rt.set_context")
 def set_context(context):
     STATE.require_init()
-    if context not in STATE.contexts:
-        raise Fail(C.ACL_ERROR_RT_PARAM_INVALID, f"set_context: {context!r} is not a live context")
+    STATE.require_live(STATE.contexts, context, C.ACL_ERROR_RT_PARAM_INVALID,
+                       f"set_context: {context!r} is not a live context")
     STATE.thread.context = context
     return C.ACL_SUCCESS
 
@@ -126,10 +126,8 @@ def create_stream():
 
 
 def _stream(stream, call: str) -> Stream:
-    found = STATE.streams.get(stream)
-    if found is None:
-        raise Fail(C.ACL_ERROR_RT_PARAM_INVALID, f"{call}: {stream!r} is not a live stream")
-    return found
+    return STATE.require_live(STATE.streams, stream, C.ACL_ERROR_RT_PARAM_INVALID,
+                              f"{call}: {stream!r} is not a live stream")
 
 
 @api("acl.rt.destroy_stream")
