@@ -77,23 +77,25 @@ def test_run_without_a_student_is_one_line(demo_run, tmp_path, capsys):
     assert "student.pt not found" in _error(capsys)
 
 
-def test_residual_student_is_refused(demo_run, tmp_path, capsys):
+def _run_with_student(demo_run, tmp_path, model: str):
+    """A copy of the demo run whose student is an untrained `model`."""
     run = tmp_path / "run"
     shutil.copytree(demo_run, run)
-    arch = make_arch("resnet20", (1, 28, 28), 10)
+    arch = make_arch(model, (1, 28, 28), 10)
     payload = checkpoint.load(run / "student.pt")
     checkpoint.save(run / "student.pt", {**payload, "arch": arch, "state_dict": build_model(arch).state_dict()})
+    return run
+
+
+def test_residual_student_is_refused(demo_run, tmp_path, capsys):
+    run = _run_with_student(demo_run, tmp_path, "resnet20")
     assert main(["prune", "--run", str(run)]) == 2
     assert "residual blocks" in _error(capsys)
     assert not (run / "pruned").exists()
 
 
 def test_a_student_without_convs_takes_fc_sparsity_but_not_channel_pruning(demo_run, tmp_path, capsys):
-    run = tmp_path / "run"
-    shutil.copytree(demo_run, run)
-    arch = make_arch("mlp50", (1, 28, 28), 10)
-    payload = checkpoint.load(run / "student.pt")
-    checkpoint.save(run / "student.pt", {**payload, "arch": arch, "state_dict": build_model(arch).state_dict()})
+    run = _run_with_student(demo_run, tmp_path, "mlp50")
     assert main(["prune", "--run", str(run), "--channels", "0.5"]) == 2
     assert "no conv channels to remove" in _error(capsys) and not (run / "pruned").exists()
     assert main(["prune", "--run", str(run), "--channels", "0", "--fc-sparsity", "0.8", "--epochs", "0"]) == 0
