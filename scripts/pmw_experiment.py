@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import statistics
 import sys
@@ -29,26 +30,21 @@ from atlas.config import CompressConfig, TrainConfig  # noqa: E402
 from training.data import load_dataset  # noqa: E402
 from training.distill import accuracy, fit  # noqa: E402
 from training.models import build_model, make_arch  # noqa: E402
-from training.pmw_sgd import PMWSGD  # noqa: E402
 from training.pruning import linear_weights, prune_linear, sparsity_of  # noqa: E402
 from training.train import to_splits  # noqa: E402
 
 SPARSITIES = (0.0, 0.5, 0.85, 0.95)
 
 
-def fc_weights(model: nn.Module) -> set[torch.Tensor]:
-    return {m.weight for m in model.classifier if isinstance(m, nn.Linear)}
-
-
 def train_one(optimizer: str, seed: int, strength: float, spec: TrainConfig, data, batch: int) -> nn.Module:
+    """One LeNet-5, trained the way `atlas-kd train --student-optimizer sgd|pmw` trains a student (PMW scaling
+    on the Linear weights, i.e. LeNet-5's FC layers)."""
     train, test = data
     torch.manual_seed(seed)
     model = build_model(make_arch("lenet5", tuple(train.images.shape[1:]), 10))
-    opt = None
-    if optimizer == "pmw-sgd":
-        opt = PMWSGD(model.parameters(), lr=spec.lr, momentum=spec.momentum, nesterov=spec.momentum > 0,
-                     weight_decay=spec.weight_decay, strength=strength, layers=fc_weights(model))
-    fit(model, train, test, spec, batch_size=batch, seed=seed, optimizer=opt, progress=False, log=lambda s: None)
+    spec = dataclasses.replace(spec, optimizer="pmw" if optimizer == "pmw-sgd" else "sgd")
+    fit(model, train, test, spec, batch_size=batch, seed=seed, pmw_strength=strength, progress=False,
+        log=lambda s: None)
     return model
 
 
