@@ -51,6 +51,27 @@ def test_pruned_model_goes_through_export_lint_om_deploy_and_verify_unchanged(pr
     assert pruned < 0.6 * unpruned  # the simplified ONNX the board gets is >= 40 % smaller too
 
 
+def test_a_pruned_run_can_be_pruned_again_with_kd(pruned_run, tmp_path):
+    first = pruned_run / "pruned"
+    assert (first / "teacher.pt").read_bytes() == (pruned_run / "teacher.pt").read_bytes()
+    out = tmp_path / "again"
+    assert main(["prune", "--run", str(first), "--channels", "0", "--fc-sparsity", "0.5", "--epochs", "1",
+                 "--out", str(out)]) == 0
+    report = json.loads((out / "prune.json").read_text())
+    assert report["arch_before"] == json.loads((first / "prune.json").read_text())["arch_after"]
+    assert report["fc_sparsity"]["measured"] == pytest.approx(0.5, abs=1e-3) and (out / "teacher.pt").exists()
+
+
+def test_no_teacher_is_needed_without_fine_tuning(demo_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(demo_run, run)
+    (run / "teacher.pt").unlink()
+    assert main(["prune", "--run", str(run), "--epochs", "1"]) == 2
+    assert "teacher.pt not found" in _error(capsys) and not (run / "pruned").exists()
+    assert main(["prune", "--run", str(run), "--epochs", "0"]) == 0
+    assert not (run / "pruned" / "teacher.pt").exists()
+
+
 def test_align_16_keeps_whole_blocks_and_says_so(demo_run, tmp_path, capsys):
     out = tmp_path / "aligned"
     assert main(["prune", "--run", str(demo_run), "--channels", "0.5", "--align", "16", "--epochs", "0",

@@ -1,7 +1,9 @@
 """`atlas-kd prune --run R --channels 0.5 [--fc-sparsity 0.9]`: remove channels from R's student (and/or zero
-the smallest of its fully-connected weights), fine-tune it with KD from R's teacher, and write the result as a run folder of its own (default R/pruned/: student.pt, config.json,
-prune.json), so that `atlas-kd export --run R/pruned`, `om`, `deploy` and `verify` take it unchanged: the
-pruned checkpoint carries its smaller widths in its arch dict, and the config still names the same model.
+the smallest of its fully-connected weights), fine-tune it with KD from R's teacher, and write the result as
+a run folder of its own (default R/pruned/: student.pt, config.json, prune.json, a copy of teacher.pt), so
+that `atlas-kd export --run R/pruned`, `om`, `deploy` and `verify` take it unchanged and `prune --run
+R/pruned` can prune it again: the pruned checkpoint carries its smaller widths in its arch dict, and the
+config still names the same model.
 
 prune.json compares before and after, measured in the same run: parameters (and non-zero ones), MACs, ONNX
 bytes, onnxruntime latency at batch 1 and batch 64, accuracy. FC sparsity is unstructured: it keeps the ONNX
@@ -123,7 +125,8 @@ def prune(cfg: Config, run_dir: str | Path, out_dir: str | Path | None = None, *
         raise UserError(f"--channels {fraction} removes no channel of {widths}: use a larger fraction")
     if fc_sparsity and not linear_weights(pruned):
         raise UserError(f"--fc-sparsity: {arch['name']} has no fully-connected layer to prune")
-    teacher, _ = checkpoint.load_model(run_dir / "teacher.pt")
+    teacher_path = run_dir / "teacher.pt"
+    teacher = checkpoint.load_model(teacher_path)[0] if epochs else None  # only KD fine-tuning needs it
 
     data = load_dataset(payload["dataset"], cfg.data.dir or None, progress=False).limited(
         cfg.data.train_limit, cfg.data.test_limit)
@@ -190,6 +193,8 @@ def prune(cfg: Config, run_dir: str | Path, out_dir: str | Path | None = None, *
     checkpoint.save(out_dir / "student.pt", {**payload, "arch": new_arch, "metrics": metrics,
                                              "state_dict": {k: v.clone() for k, v in pruned.state_dict().items()}})
     shutil.copyfile(run_dir / "config.json", out_dir / "config.json")
+    if teacher_path.exists():  # the pruned run is a run like any other: it can be pruned again, with KD
+        shutil.copyfile(teacher_path, out_dir / "teacher.pt")
     write_json(out_dir / "prune.json", report)
     log(format_report(report, out_dir))
     return report
