@@ -99,30 +99,11 @@ def prune(cfg: Config, run_dir: str | Path, out_dir: str | Path | None = None, *
     align = cfg.compress.align if align is None else align
     fc_sparsity = cfg.compress.fc_sparsity if fc_sparsity is None else fc_sparsity
     fc_scope = cfg.compress.fc_scope if fc_scope is None else fc_scope
-    if not 0.0 <= fraction < 1.0:
-        raise UserError(f"--channels must be a fraction in [0, 1), got {fraction}")
-    if not 0.0 <= fc_sparsity < 1.0:
-        raise UserError(f"--fc-sparsity must be a fraction in [0, 1), got {fc_sparsity}")
-    if fc_scope not in ("global", "layer"):
-        raise UserError(f"--fc-scope must be 'global' or 'layer', got {fc_scope!r}")
-    if fraction == 0 and fc_sparsity == 0:
-        raise UserError("nothing to prune: give --channels FRACTION (conv channels) and/or --fc-sparsity FRACTION "
-                        "(FC weights)")
-    if epochs < 0:
-        raise UserError(f"fine-tuning epochs must be >= 0, got {epochs}")
+    _check_options(fraction, fc_sparsity, fc_scope, epochs)
     student, payload = checkpoint.load_model(run_dir / "student.pt")
     arch = payload["arch"]
     widths = channel_blocks.conv_widths(student)
-    if fraction:
-        pruned, new_arch, keep = prune_channels(student, arch, fraction, align)  # refuses unprunable models early
-    else:  # FC sparsity only: every channel stays, whatever the architecture
-        pruned, new_arch, keep = copy.deepcopy(student).eval(), arch, [torch.arange(w) for w in widths]
-    removed = 1 - sum(len(k) for k in keep) / sum(widths) if widths else 0.0
-    if fraction and removed == 0 and align > 1:
-        raise UserError(f"--align {align} rounds every layer of {widths} back to its full width, so nothing would "
-                        f"be removed: use a smaller --align or a larger --channels")
-    if fraction and removed == 0:
-        raise UserError(f"--channels {fraction} removes no channel of {widths}: use a larger fraction")
+    pruned, new_arch, keep, removed = _remove_channels(student, arch, fraction, align)
     if fc_sparsity and not linear_weights(pruned):
         raise UserError(f"--fc-sparsity: {arch['name']} has no fully-connected layer to prune")
     teacher_path = run_dir / "teacher.pt"
@@ -198,6 +179,36 @@ def prune(cfg: Config, run_dir: str | Path, out_dir: str | Path | None = None, *
     write_json(out_dir / "prune.json", report)
     log(format_report(report, out_dir))
     return report
+
+
+def _check_options(fraction: float, fc_sparsity: float, fc_scope: str, epochs: int) -> None:
+    if not 0.0 <= fraction < 1.0:
+        raise UserError(f"--channels must be a fraction in [0, 1), got {fraction}")
+    if not 0.0 <= fc_sparsity < 1.0:
+        raise UserError(f"--fc-sparsity must be a fraction in [0, 1), got {fc_sparsity}")
+    if fc_scope not in ("global", "layer"):
+        raise UserError(f"--fc-scope must be 'global' or 'layer', got {fc_scope!r}")
+    if fraction == 0 and fc_sparsity == 0:
+        raise UserError("nothing to prune: give --channels FRACTION (conv channels) and/or --fc-sparsity FRACTION "
+                        "(FC weights)")
+    if epochs < 0:
+        raise UserError(f"fine-tuning epochs must be >= 0, got {epochs}")
+
+
+def _remove_channels(student: torch.nn.Module, arch: dict, fraction: float, align: int):
+    """(pruned copy, its arch, kept channel indices per conv, fraction of channels removed); fraction 0 keeps
+    every channel of any architecture (FC sparsity only); a fraction that removes nothing is refused."""
+    widths = channel_blocks.conv_widths(student)
+    if not fraction:
+        return copy.deepcopy(student).eval(), arch, [torch.arange(w) for w in widths], 0.0
+    pruned, new_arch, keep = prune_channels(student, arch, fraction, align)  # refuses unprunable models early
+    removed = 1 - sum(len(k) for k in keep) / sum(widths)
+    if removed == 0 and align > 1:
+        raise UserError(f"--align {align} rounds every layer of {widths} back to its full width, so nothing would "
+                        f"be removed: use a smaller --align or a larger --channels")
+    if removed == 0:
+        raise UserError(f"--channels {fraction} removes no channel of {widths}: use a larger fraction")
+    return pruned, new_arch, keep, removed
 
 
 def _refuse_diverged(history: list[dict], acc_start: float, acc_end: float, num_classes: int, lr: float) -> None:
