@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
 """onnxruntime latency of a pruned student against its unpruned original, measured in one run.
 
-    .venv/bin/python scripts/bench_prune.py --run runs/demo [--pruned runs/demo/pruned] [--rounds 7]
+    .venv/bin/python scripts/bench_prune.py --run runs/demo [--pruned runs/demo/pruned] [--rounds 9]
 
 Prints median per-call latency at batch 1 and batch 64 and the ratio pruned/unpruned with the range of its
 per-round values (interleaved rounds, one intra-op thread; the same measurement `atlas-kd prune` records in
-prune.json). CPU figures: the Ascend
-310 runs the .om on its own cores, so treat them as a proxy for how much work was removed.
+prune.json). CPU figures: the Ascend 310 runs the .om on its own cores, so treat them as a proxy for how much
+work was removed.
 """
 from __future__ import annotations
 

@@ -95,9 +95,7 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, steps_per_epoch: int,
     elif cfg.optimizer == "sgd":
         opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0,
                               weight_decay=cfg.weight_decay)
-    elif cfg.optimizer == "pmw":
-        if pmw_strength < 0:
-            raise UserError(f"compress.pmw_strength must be >= 0 (got {pmw_strength})")
+    elif cfg.optimizer == "pmw":  # a negative strength: PMWSGD's ValueError (train checks the config first)
         fc = [m.weight for m in model.modules() if isinstance(m, nn.Linear)]
         opt = PMWSGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0,
                      weight_decay=cfg.weight_decay, strength=pmw_strength, layers=set(fc))
