@@ -81,7 +81,7 @@ def onnx_latency_ms(models: dict[str, torch.nn.Module], input_shape: list[int], 
 def round_ratios(result: dict[str, dict], num: str, den: str) -> list[float]:
     """Per-round latency ratios num/den of one onnx_latency_ms result. The rounds are interleaved, so each
     pair saw the same machine state; their spread tells whether a median ratio is distinguishable from a
-    threshold (measured here at batch 1: 0.76-0.87 for the same two models from one run to the next)."""
+    threshold (measured at batch 1: medians 0.79-0.87 for the same two models from one run to the next)."""
     return [a / b for a, b in zip(result[num]["rounds_ms"], result[den]["rounds_ms"])]
 
 
