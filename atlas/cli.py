@@ -21,13 +21,22 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "deploy": ("atlas.deploy", "push the model, the app and the golden inputs to a board and run there"),
     "verify": ("atlas.verify", "compare the board's outputs with the onnxruntime reference"),
     "sim-board": ("atlas.sim.sim_board", "start / stop / status of the local sim board (sshd on 127.0.0.1)"),
-    "prune": ("training.prune_stage", "remove channels from a trained student and fine-tune it with KD"),
+    "prune": ("training.prune_stage", "remove channels (and/or zero FC weights) from a trained student and "
+                                      "fine-tune it with KD"),
     "doctor": ("atlas.doctor", "report what is available: versions, ATC, boards"),
 }
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """argparse, but a bad option is one line (what is wrong, where help is), not the whole usage block;
+    subcommand parsers inherit the class."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="atlas-kd", description=__doc__.splitlines()[0])
+    parser = OneLineErrorParser(prog="atlas-kd", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)

@@ -67,7 +67,7 @@ def test_no_teacher_is_needed_without_fine_tuning(demo_run, tmp_path, capsys):
     shutil.copytree(demo_run, run)
     (run / "teacher.pt").unlink()
     assert main(["prune", "--run", str(run), "--epochs", "1"]) == 2
-    assert "teacher.pt not found" in _error(capsys) and not (run / "pruned").exists()
+    assert "has no teacher.pt, which KD fine-tuning needs" in _error(capsys) and not (run / "pruned").exists()
     assert main(["prune", "--run", str(run), "--epochs", "0"]) == 0
     assert not (run / "pruned" / "teacher.pt").exists()
 
@@ -160,7 +160,8 @@ def test_fc_sparsity_alone_zeroes_that_fraction_of_fc_weights_and_fine_tuning_ke
     model, payload = checkpoint.load_model(out / "student.pt")
     (weight,) = _fc_weights(model)  # tinycnn: one Linear, 10 x 288
     assert int((weight == 0).sum()) == round(0.9 * weight.numel())  # still after a fine-tuning epoch
-    assert report["fc_sparsity"] == {"target": 0.9, "scope": "global", "measured": pytest.approx(0.9)}
+    assert report["fc_sparsity"] == {"target": 0.9, "scope": "global", "measured": pytest.approx(0.9),
+                                     "kept_from_earlier": False}
     assert payload["arch"] == report["arch_before"] == report["arch_after"] and report["removed_fraction"] == 0
     before, after = report["before"], report["after"]
     assert before["params"] == after["params"] and after["nonzero_params"] <= before["nonzero_params"] - 2592
@@ -210,3 +211,76 @@ def test_a_start_at_chance_level_is_not_called_diverged():
         _refuse_diverged([{"train_loss": 0.6}], 0.90, 0.10, 10, 0.02)
     with pytest.raises(UserError, match="diverged"):
         _refuse_diverged([{"train_loss": float("nan")}], 0.14, 0.10, 10, 0.02)
+
+
+def test_out_never_overwrites_the_run_or_foreign_files(demo_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(demo_run, run)
+    before = (run / "student.pt").read_bytes()
+    for out in (run, run.parent):
+        assert main(["prune", "--run", str(run), "--epochs", "0", "--out", str(out)]) == 2
+        assert "is (or holds) the run being pruned" in _error(capsys)
+    (tmp_path / "afile").write_text("x")
+    assert main(["prune", "--run", str(run), "--epochs", "0", "--out", str(tmp_path / "afile")]) == 2
+    assert "exists and is not a folder" in _error(capsys)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    assert main(["prune", "--run", str(run), "--epochs", "0", "--out", str(tmp_path / "other")]) == 2
+    assert "holds other files and no prune.json" in _error(capsys)
+    assert (run / "student.pt").read_bytes() == before and (tmp_path / "other" / "notes.txt").read_text() == "mine"
+
+
+def test_pruning_again_into_an_earlier_output_replaces_it_whole(demo_run, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["prune", "--run", str(demo_run), "--epochs", "0", "--out", str(out)]) == 0
+    (out / "model.onnx").write_bytes(b"stale export of the earlier student")
+    assert main(["prune", "--run", str(demo_run), "--channels", "0.3", "--epochs", "0", "--out", str(out)]) == 0
+    assert not (out / "model.onnx").exists() and "replaced the earlier prune output" in capsys.readouterr().out
+    assert json.loads((out / "prune.json").read_text())["fraction"] == 0.3
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "prune.json", "student.pt", "teacher.pt"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp folder left behind
+
+
+@pytest.mark.parametrize("sparsity, message", [("0.9999", "would zero all of classifier.1.weight: use a smaller "
+                                                           "fraction or --fc-scope layer"),
+                                               ("1e-9", "zeroes no weight of 2,880")])
+def test_fc_sparsity_that_empties_a_layer_or_zeroes_nothing_is_one_line(demo_run, tmp_path, sparsity, message,
+                                                                       capsys):
+    out = tmp_path / "x"
+    assert main(["prune", "--run", str(demo_run), "--channels", "0", "--fc-sparsity", sparsity, "--epochs", "0",
+                 "--out", str(out)]) == 2
+    assert message in _error(capsys) and not out.exists()
+
+
+def test_channel_pruning_an_fc_sparse_run_keeps_its_zeros(demo_run, tmp_path, capsys):
+    sparse = tmp_path / "sparse"
+    assert main(["prune", "--run", str(demo_run), "--channels", "0", "--fc-sparsity", "0.8", "--epochs", "0",
+                 "--out", str(sparse)]) == 0
+    out = tmp_path / "both"
+    assert main(["prune", "--run", str(sparse), "--channels", "0.3", "--epochs", "1", "--out", str(out)]) == 0
+    report = json.loads((out / "prune.json").read_text())
+    (weight,) = _fc_weights(checkpoint.load_model(out / "student.pt")[0])
+    zeros = int((weight == 0).sum()) / weight.numel()
+    assert report["fc_sparsity"]["kept_from_earlier"] and report["fc_sparsity"]["measured"] == pytest.approx(zeros)
+    assert zeros > 0.7  # ~0.8 of the columns the surgery kept; fine-tuning did not regrow them
+    history = checkpoint.load(out / "student.pt")["metrics"]["pruning_history"]
+    assert [(h["fraction"], h["fc_sparsity"]) for h in history] == [(0.0, 0.8), (0.3, 0.0)]
+    assert "(kept from an earlier pruning)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("lr", ["-1", "nan", "0"])
+def test_a_bad_fine_tuning_lr_is_one_line_before_any_work(demo_run, tmp_path, lr, capsys):
+    assert main(["prune", "--run", str(demo_run), "--compress-finetune-lr", lr, "--out", str(tmp_path / "x")]) == 2
+    assert "compress.finetune_lr must be a number > 0" in _error(capsys)
+
+
+def test_a_junk_student_checkpoint_and_a_bad_option_value_are_one_line(demo_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(demo_run, run)
+    (run / "student.pt").write_text("junk\n")
+    assert main(["prune", "--run", str(run)]) == 2
+    assert "not a PyTorch checkpoint" in _error(capsys)
+    with pytest.raises(SystemExit) as exit_:
+        main(["prune", "--run", str(run), "--fc-scope", "rows"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2 and len(err) == 1 and "invalid choice: 'rows'" in err[0] and "--help" in err[0]

@@ -203,9 +203,10 @@ def test_unknown_model_and_dataset(tmp_path):
 def test_unknown_optimizer_and_negative_pmw_strength(tmp_path):
     result, left = _bad(tmp_path, "--student-optimizer", "lion")
     assert_one_line_error(result, 2, "student.optimizer must be one of sgd, pmw, adam, adamw", "'lion'")
-    result, left = _bad(tmp_path, "--student-optimizer", "pmw", "--compress-pmw-strength", "-1")
-    assert_one_line_error(result, 2, "compress.pmw_strength must be >= 0")
-    assert not left
+    for strength in ("-1", "nan", "inf"):
+        result, left = _bad(tmp_path, "--student-optimizer", "pmw", "--compress-pmw-strength", strength)
+        assert_one_line_error(result, 2, "compress.pmw_strength must be a number >= 0")
+        assert not left
 
 
 def test_bad_config_key(tmp_path):

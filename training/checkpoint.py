@@ -39,7 +39,7 @@ def load(path: str | Path, expect_format: str = FORMAT) -> dict[str, Any]:
             raise UserError(f"{path}: holds objects other than tensors and plain data; refusing to unpickle it "
                             "(only atlas-kd checkpoints are accepted)") from None
         raise UserError(f"{path}: not a readable checkpoint ({_first_line(e)})") from None
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as e:
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, KeyError) as e:  # KeyError: junk bytes
         raise UserError(f"{path}: truncated or not a PyTorch checkpoint ({_first_line(e)})") from None
     if not isinstance(payload, dict) or payload.get("format") != expect_format:
         found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__

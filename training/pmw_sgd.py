@@ -18,6 +18,7 @@ layers only); the others also take plain SGD steps.
 """
 from __future__ import annotations
 
+import math
 from typing import Iterable
 
 import torch
@@ -37,8 +38,8 @@ class PMWSGD(torch.optim.Optimizer):
     def __init__(self, params: Iterable, lr: float, momentum: float = 0.0, dampening: float = 0.0,
                  weight_decay: float = 0.0, nesterov: bool = False, strength: float = 1.0,
                  layers: set[torch.Tensor] | None = None):
-        if lr < 0 or momentum < 0 or weight_decay < 0 or strength < 0:
-            raise ValueError("lr, momentum, weight_decay and strength must be >= 0")
+        if lr < 0 or momentum < 0 or weight_decay < 0 or not (math.isfinite(strength) and strength >= 0):
+            raise ValueError("lr, momentum, weight_decay and strength must be >= 0 (strength finite)")
         if nesterov and (momentum <= 0 or dampening != 0):
             raise ValueError("Nesterov momentum requires a momentum and zero dampening")
         super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,

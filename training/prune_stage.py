@@ -26,13 +26,14 @@ import torch
 
 from atlas.config import Config, TrainConfig, add_config_arguments, config_from_args
 from atlas.errors import UserError
-from atlas.fileio import write_json
+from atlas.config import CompressConfig
+from atlas.fileio import atomic_dir, write_json
 from training import channel_blocks, checkpoint
 from training.channel_blocks import C0, block_summary, describe
 from training.data import load_dataset
 from training.distill import KDSetup, accuracy, at_chance_level, fit, predict
 from training.models import count_parameters
-from training.pruning import linear_weights, prune_linear, sparsity_of
+from training.pruning import apply_masks, linear_weights, magnitude_masks, sparsity_of
 from training.slimming import count_macs, prune_channels
 
 
@@ -99,7 +100,8 @@ def prune(cfg: Config, run_dir: str | Path, out_dir: str | Path | None = None, *
     align = cfg.compress.align if align is None else align
     fc_sparsity = cfg.compress.fc_sparsity if fc_sparsity is None else fc_sparsity
     fc_scope = cfg.compress.fc_scope if fc_scope is None else fc_scope
-    _check_options(fraction, fc_sparsity, fc_scope, epochs)
+    _check_options(fraction, fc_sparsity, fc_scope, epochs, cfg.compress.finetune_lr)
+    _check_out_dir(run_dir, out_dir)
     student, payload = checkpoint.load_model(run_dir / "student.pt")
     arch = payload["arch"]
     widths = channel_blocks.conv_widths(student)
@@ -107,19 +109,27 @@ def prune(cfg: Config, run_dir: str | Path, out_dir: str | Path | None = None, *
     if fc_sparsity and not linear_weights(pruned):
         raise UserError(f"--fc-sparsity: {arch['name']} has no fully-connected layer to prune")
     teacher_path = run_dir / "teacher.pt"
-    teacher = checkpoint.load_model(teacher_path)[0] if epochs else None  # only KD fine-tuning needs it
+    if epochs and not teacher_path.is_file():
+        raise UserError(f"{run_dir} has no teacher.pt, which KD fine-tuning needs: copy the run's teacher there, "
+                        "or prune without fine-tuning (--epochs 0)")
+    if teacher_path.exists():  # read now, so a bad teacher stops us before any work (and is never copied)
+        teacher = checkpoint.load_model(teacher_path)[0]
+    else:
+        teacher = None
 
     data = load_dataset(payload["dataset"], cfg.data.dir or None, progress=False).limited(
         cfg.data.train_limit, cfg.data.test_limit)
     from training.train import to_splits
 
     train_split, test_split = to_splits(data, torch.device("cpu"))
-    keep_fc_zero = prune_linear(pruned, fc_sparsity, fc_scope) if fc_sparsity else None
+    fc_masks = _fc_masks(pruned, fc_sparsity, fc_scope)
+    keep_fc_zero = (lambda m: apply_masks(linear_weights(m), fc_masks)) if fc_masks else None
     acc_before, acc_pruned = accuracy(student, test_split), accuracy(pruned, test_split)
     done = [f"removed {removed:.0%} of the conv channels: widths {widths} -> {[len(k) for k in keep]}"] if fraction \
         else []
-    if fc_sparsity:
-        done.append(f"zeroed {fc_sparsity:.0%} of the FC weights ({fc_scope} magnitude)")
+    if fc_masks:
+        done.append(f"{100 * sparsity_of(linear_weights(pruned)):.1f} % of the FC weights are zero"
+                    + (f" ({fc_scope} magnitude)" if fc_sparsity else " (from an earlier pruning; kept zero)"))
     log(f"{'; '.join(done)}; accuracy {100 * acc_before:.2f} % -> {100 * acc_pruned:.2f} % before fine-tuning")
 
     history = []
@@ -149,8 +159,9 @@ def prune(cfg: Config, run_dir: str | Path, out_dir: str | Path | None = None, *
     report = {
         "source": str(run_dir), "arch_before": arch, "arch_after": new_arch, "fraction": fraction,
         "align": align, "removed_fraction": removed,
-        "fc_sparsity": {"target": fc_sparsity, "scope": fc_scope,
-                        "measured": sparsity_of(linear_weights(pruned))} if fc_sparsity else None,
+        "fc_sparsity": {"target": fc_sparsity, "scope": fc_scope if fc_sparsity else None,
+                        "measured": sparsity_of(linear_weights(pruned)),
+                        "kept_from_earlier": fc_sparsity == 0} if fc_masks else None,
         "kept_channels": [k.tolist() for k in keep], "before": before, "after": after,
         "ratios": {"params": after["params"] / before["params"],
                    "nonzero_params": after["nonzero_params"] / before["nonzero_params"],
@@ -163,25 +174,32 @@ def prune(cfg: Config, run_dir: str | Path, out_dir: str | Path | None = None, *
         "accuracy_change_pts": 100 * (acc_after - acc_before),
         "npu_blocks": block_summary(student, pruned),
         "macs_c0_note": f"estimate, not a measurement: MACs with channels rounded up to the Cube's {C0}-channel blocks",
-        "finetune": {"epochs": epochs, "lr": cfg.compress.finetune_lr, "history": history},
+        "finetune": {"epochs": epochs, "lr": cfg.compress.finetune_lr, "optimizer": "sgd", "schedule": "onecycle",
+                     "history": history},
         "latency_note": ("onnxruntime CPU, 1 intra-op thread, median of interleaved rounds (in brackets: the range of "
                          "the per-round ratios); not Ascend 310 figures"),
     }
-    metrics = {**payload["metrics"], "accuracy": acc_after, "params": after["params"], "pruned": {
-        "from": str(run_dir / "student.pt"), "fraction": fraction, "fc_sparsity": fc_sparsity,
-        "accuracy_before": acc_before}}
-    out_dir.mkdir(parents=True, exist_ok=True)
-    checkpoint.save(out_dir / "student.pt", {**payload, "arch": new_arch, "metrics": metrics,
+    step = {"from": str(run_dir / "student.pt"), "fraction": fraction, "fc_sparsity": fc_sparsity,
+            "fc_scope": fc_scope if fc_sparsity else None, "accuracy_before": acc_before, "accuracy_after": acc_after}
+    earlier = payload["metrics"].get("pruning_history") or []
+    metrics = {**payload["metrics"], "accuracy": acc_after, "params": after["params"], "pruned": step,
+               "pruning_history": [*earlier, step]}
+    report["wrote"] = ["student.pt", "config.json", "prune.json"] + (["teacher.pt"] if teacher is not None else [])
+    replacing = out_dir.exists()
+    with atomic_dir(out_dir) as tmp:  # all or nothing; an earlier prune output there (and its exports) goes
+        checkpoint.save(tmp / "student.pt", {**payload, "arch": new_arch, "metrics": metrics,
                                              "state_dict": {k: v.clone() for k, v in pruned.state_dict().items()}})
-    shutil.copyfile(run_dir / "config.json", out_dir / "config.json")
-    if teacher_path.exists():  # the pruned run is a run like any other: it can be pruned again, with KD
-        shutil.copyfile(teacher_path, out_dir / "teacher.pt")
-    write_json(out_dir / "prune.json", report)
+        write_json(tmp / "config.json", cfg.to_dict())  # the recipe actually used, overrides included
+        if teacher is not None:  # the pruned run is a run like any other: it can be pruned again, with KD
+            shutil.copyfile(teacher_path, tmp / "teacher.pt")
+        write_json(tmp / "prune.json", report)
     log(format_report(report, out_dir))
+    if replacing:
+        log(f"(replaced the earlier prune output in {out_dir}, exports included)")
     return report
 
 
-def _check_options(fraction: float, fc_sparsity: float, fc_scope: str, epochs: int) -> None:
+def _check_options(fraction: float, fc_sparsity: float, fc_scope: str, epochs: int, lr: float) -> None:
     if not 0.0 <= fraction < 1.0:
         raise UserError(f"--channels must be a fraction in [0, 1), got {fraction}")
     if not 0.0 <= fc_sparsity < 1.0:
@@ -193,6 +211,43 @@ def _check_options(fraction: float, fc_sparsity: float, fc_scope: str, epochs: i
                         "(FC weights)")
     if epochs < 0:
         raise UserError(f"fine-tuning epochs must be >= 0, got {epochs}")
+    if not (math.isfinite(lr) and lr > 0):
+        raise UserError(f"compress.finetune_lr must be a number > 0, got {lr}")
+
+
+def _check_out_dir(run_dir: Path, out_dir: Path) -> None:
+    """The output replaces only a new folder, an empty one or an earlier prune output, and never the run being
+    pruned or a folder holding it (checked before any work)."""
+    if run_dir.resolve().is_relative_to(out_dir.resolve()):
+        raise UserError(f"--out {out_dir} is (or holds) the run being pruned, {run_dir}: give another folder")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"--out {out_dir} exists and is not a folder: give a folder path")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / "prune.json").is_file():
+        raise UserError(f"--out {out_dir} holds other files and no prune.json: give a new or empty folder (an "
+                        "earlier prune output is replaced whole)")
+
+
+def _fc_masks(model: torch.nn.Module, sparsity: float, scope: str) -> dict[str, torch.Tensor] | None:
+    """Keep-masks for the model's Linear weights, applied at once: the `sparsity` smallest by magnitude, and
+    zeros an earlier pruning left (exact zeros do not occur in trained weights otherwise), which fine-tuning
+    must not regrow. None when there is nothing to keep at zero. Refuses a sparsity that zeroes no weight or
+    a whole layer (global ranking can empty a small-weighted layer: that model no longer sees its input)."""
+    weights = linear_weights(model)
+    earlier = {name: w != 0 for name, w in weights.items()} if weights and sparsity_of(weights) > 0 else None
+    if not sparsity:
+        return earlier
+    masks = magnitude_masks(weights, sparsity, scope)
+    if all(bool(m.all()) for m in masks.values()):
+        raise UserError(f"--fc-sparsity {sparsity} zeroes no weight of {sum(w.numel() for w in weights.values()):,}: "
+                        "use a larger fraction")
+    emptied = [name for name, m in masks.items() if not bool(m.any())]
+    if emptied:
+        raise UserError(f"--fc-sparsity {sparsity} ({scope}) would zero all of {', '.join(emptied)}: use a smaller "
+                        "fraction" + (" or --fc-scope layer" if scope == "global" else ""))
+    if earlier:
+        masks = {name: m & earlier[name] for name, m in masks.items()}
+    apply_masks(weights, masks)
+    return masks
 
 
 def _remove_channels(student: torch.nn.Module, arch: dict, fraction: float, align: int):
@@ -241,10 +296,12 @@ def format_report(r: dict, out_dir: Path) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in rows]
     lines.append(describe(r["npu_blocks"]))
-    if r["fc_sparsity"]:
-        lines.append(f"FC weights {100 * r['fc_sparsity']['measured']:.1f} % zero ({r['fc_sparsity']['scope']} "
-                     "magnitude): unstructured zeros keep the ONNX its size and the Ascend 310 its work")
-    lines.append(f"(latency: {r['latency_note']}); wrote {out_dir}/student.pt, config.json, prune.json; "
+    fc = r["fc_sparsity"]
+    if fc:
+        how = "kept from an earlier pruning" if fc["kept_from_earlier"] else f"{fc['scope']} magnitude"
+        lines.append(f"FC weights {100 * fc['measured']:.1f} % zero ({how}): unstructured zeros keep the ONNX its "
+                     "size and the Ascend 310 its work")
+    lines.append(f"(latency: {r['latency_note']}); wrote {out_dir}/{', '.join(r['wrote'])}; "
                  f"next: atlas-kd export --run {out_dir}")
     return "\n".join(lines)
 
@@ -256,8 +313,12 @@ def _ratio_with_spread(ratio: float, spread: dict) -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run", metavar="DIR", required=True, help="trained run folder (student.pt, teacher.pt)")
-    parser.add_argument("--channels", type=float, metavar="FRACTION", help="fraction of conv channels to remove")
-    parser.add_argument("--epochs", type=int, metavar="N", help="KD fine-tuning epochs after pruning")
+    defaults = CompressConfig()
+    parser.add_argument("--channels", type=float, metavar="FRACTION",
+                        help=f"fraction of conv channels to remove (default compress.channels, {defaults.channels}; "
+                        "0: none, e.g. with --fc-sparsity)")
+    parser.add_argument("--epochs", type=int, metavar="N", help="KD fine-tuning epochs after pruning (default "
+                        f"compress.finetune_epochs, {defaults.finetune_epochs}; 0: no fine-tuning, no teacher needed)")
     parser.add_argument("--align", type=int, metavar="N", help="round each layer's width to a multiple of N "
                         "(16 matches the Ascend Cube's channel blocks; default 1: no rounding)")
     parser.add_argument("--fc-sparsity", type=float, metavar="FRACTION",

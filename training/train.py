@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -55,8 +56,8 @@ def _check_config(cfg: Config) -> None:
             raise UserError(f"{role}.epochs must be >= 1 (got {spec.epochs})")
         if spec.optimizer not in OPTIMIZERS:
             raise UserError(f"{role}.optimizer must be one of {', '.join(OPTIMIZERS)} (got {spec.optimizer!r})")
-    if cfg.compress.pmw_strength < 0:
-        raise UserError(f"compress.pmw_strength must be >= 0 (got {cfg.compress.pmw_strength})")
+    if not (math.isfinite(cfg.compress.pmw_strength) and cfg.compress.pmw_strength >= 0):
+        raise UserError(f"compress.pmw_strength must be a number >= 0 (got {cfg.compress.pmw_strength})")
     if not 0.0 <= cfg.distill.alpha <= 1.0:
         raise UserError(f"distill.alpha must be in [0, 1] (got {cfg.distill.alpha})")
     if cfg.distill.temperature <= 0:
