@@ -284,3 +284,8 @@ def test_a_junk_student_checkpoint_and_a_bad_option_value_are_one_line(demo_run,
         main(["prune", "--run", str(run), "--fc-scope", "rows"])
     err = capsys.readouterr().err.strip().splitlines()
     assert exit_.value.code == 2 and len(err) == 1 and "invalid choice: 'rows'" in err[0] and "--help" in err[0]
+
+
+def test_another_data_set_than_the_students_is_one_line(demo_run, tmp_path, capsys):
+    assert main(["prune", "--run", str(demo_run), "--data-dataset", "cifar10", "--out", str(tmp_path / "x")]) == 2
+    assert "was trained on mnist-sample, not cifar10" in _error(capsys) and not (tmp_path / "x").exists()

@@ -103,6 +103,9 @@ def prune(cfg: Config, run_dir: str | Path, out_dir: str | Path | None = None, *
     _check_options(fraction, fc_sparsity, fc_scope, epochs, cfg.compress.finetune_lr)
     _check_out_dir(run_dir, out_dir)
     student, payload = checkpoint.load_model(run_dir / "student.pt")
+    if cfg.data.dataset != payload["dataset"]:  # fine-tuning and accuracy use the student's own data set
+        raise UserError(f"the student in {run_dir} was trained on {payload['dataset']}, not {cfg.data.dataset}: "
+                        f"drop --data-dataset (prune fine-tunes and measures on the student's data set)")
     arch = payload["arch"]
     widths = channel_blocks.conv_widths(student)
     pruned, new_arch, keep, removed = _remove_channels(student, arch, fraction, align)
