@@ -31,6 +31,7 @@ def test_prune_writes_a_smaller_checkpoint_and_a_before_after_report(pruned_run)
     assert set(before["latency_ms"]) == {"batch_1", "batch_64"} and all(v > 0 for v in after["latency_ms"].values())
     for batch, spread in report["latency_ratio_rounds"].items():  # the median ratio lies within its rounds' range
         assert spread["rounds"] == 9 and spread["min"] <= report["ratios"][f"latency_{batch}"] <= spread["max"]
+        assert spread["spans_1"] == (spread["min"] <= 1 <= spread["max"])
     assert report["finetune"]["epochs"] == 1 and len(report["finetune"]["history"]) == 1
     model, payload = checkpoint.load_model(pruned_run / "pruned" / "student.pt", expect_arch="tinycnn")
     assert payload["arch"]["kwargs"]["stages"] == report["arch_after"]["kwargs"]["stages"]
@@ -289,3 +290,10 @@ def test_a_junk_student_checkpoint_and_a_bad_option_value_are_one_line(demo_run,
 def test_another_data_set_than_the_students_is_one_line(demo_run, tmp_path, capsys):
     assert main(["prune", "--run", str(demo_run), "--data-dataset", "cifar10", "--out", str(tmp_path / "x")]) == 2
     assert "was trained on mnist-sample, not cifar10" in _error(capsys) and not (tmp_path / "x").exists()
+
+
+def test_a_ratio_whose_rounds_hold_1_is_called_no_clear_change():
+    from training.prune_stage import _ratio_with_spread
+
+    assert _ratio_with_spread(0.91, {"min": 0.67, "max": 1.06}) == "0.91 (0.67-1.06: no clear change)"
+    assert _ratio_with_spread(0.70, {"min": 0.69, "max": 0.74}) == "0.70 (0.69-0.74)"

@@ -172,8 +172,9 @@ def prune(cfg: Config, run_dir: str | Path, out_dir: str | Path | None = None, *
                    "macs_c0": after["macs_c0"] / before["macs_c0"],
                    "onnx_bytes": after["onnx_bytes"] / before["onnx_bytes"],
                    **{f"latency_{b}": after["latency_ms"][b] / before["latency_ms"][b] for b in latency}},
-        "latency_ratio_rounds": {b: {"min": min(r), "max": max(r), "rounds": len(r)} for b, r in
-                                 ((b, round_ratios(latency[b], "after", "before")) for b in latency)},
+        "latency_ratio_rounds": {b: {"min": min(r), "max": max(r), "rounds": len(r),
+                                     "spans_1": min(r) <= 1 <= max(r)}
+                                 for b, r in ((b, round_ratios(latency[b], "after", "before")) for b in latency)},
         "accuracy_change_pts": 100 * (acc_after - acc_before),
         "npu_blocks": block_summary(student, pruned),
         "macs_c0_note": f"estimate, not a measurement: MACs with channels rounded up to the Cube's {C0}-channel blocks",
@@ -310,8 +311,10 @@ def format_report(r: dict, out_dir: Path) -> str:
 
 
 def _ratio_with_spread(ratio: float, spread: dict) -> str:
-    """`0.81 (0.78-0.85)`: the median ratio and the range of the per-round ratios."""
-    return f"{ratio:.2f} ({spread['min']:.2f}-{spread['max']:.2f})"
+    """`0.81 (0.78-0.85)`: the median ratio and the range of the per-round ratios; a range that holds 1 says
+    the run could not tell the two models' latency apart (seen at batch 1 on a loaded or noisy machine)."""
+    note = ": no clear change" if spread["min"] <= 1 <= spread["max"] else ""
+    return f"{ratio:.2f} ({spread['min']:.2f}-{spread['max']:.2f}{note})"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
