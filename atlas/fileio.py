@@ -45,8 +45,13 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temp folder beside `path`; when the block finishes it takes `path`'s place (a folder already
-    there is removed), else it is removed: a run folder appears complete, or the old one stays as it was."""
+    there is removed), else it is removed: a run folder appears complete, or the old one stays as it was.
+    Two renames swap an old folder out and the new one in; a process killed between them leaves the old one
+    as a hidden `.NAME.*.old` beside it. A symlinked `path` is replaced at its target.
+    """
     path = Path(path)
+    if path.is_symlink():
+        path = path.resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp makes 0700

@@ -297,3 +297,22 @@ def test_a_ratio_whose_rounds_hold_1_is_called_no_clear_change():
 
     assert _ratio_with_spread(0.91, {"min": 0.67, "max": 1.06}) == "0.91 (0.67-1.06: no clear change)"
     assert _ratio_with_spread(0.70, {"min": 0.69, "max": 0.74}) == "0.70 (0.69-0.74)"
+
+
+def test_atomic_dir_replaces_whole_or_not_at_all_and_follows_a_symlink(tmp_path):
+    from atlas.fileio import atomic_dir
+
+    target = tmp_path / "target"
+    target.mkdir()
+    (target / "old.txt").write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_dir(target) as tmp:
+            (tmp / "new.txt").write_text("new")
+            raise RuntimeError("the work failed half-way")
+    assert [p.name for p in target.iterdir()] == ["old.txt"]  # untouched
+    link = tmp_path / "link"
+    link.symlink_to(target)
+    with atomic_dir(link) as tmp:
+        (tmp / "new.txt").write_text("new")
+    assert link.is_symlink() and [p.name for p in target.iterdir()] == ["new.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "target"]  # no temp or old folder left
