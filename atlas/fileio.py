@@ -46,22 +46,35 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
 def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temp folder beside `path`; when the block finishes it takes `path`'s place (a folder already
     there is removed), else it is removed: a run folder appears complete, or the old one stays as it was.
-    Two renames swap an old folder out and the new one in; a process killed between them leaves the old one
-    as a hidden `.NAME.*.old` beside it. A symlinked `path` is replaced at its target.
+    Two renames swap an old folder out and the new one in (if the second fails, the old one is put back); a
+    process killed between them leaves the old one as a hidden `.NAME.*.old` beside it. An empty folder is
+    filled in place instead, entry by entry. A symlinked `path` is replaced at its target.
     """
-    path = Path(path)
+    from atlas.errors import UserError
+
+    path = Path(os.path.abspath(path))
     if path.is_symlink():
         path = path.resolve()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    except OSError as e:
+        raise UserError(f"cannot create a folder beside {path}: {e.strerror or e}") from None
     os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp makes 0700
     try:
         yield tmp
-        if path.exists():
+        if path.is_dir() and not any(path.iterdir()):  # an empty folder (maybe someone's cwd) is filled in place
+            for entry in tmp.iterdir():
+                os.rename(entry, path / entry.name)
+        elif path.exists():
             old = path.with_name(f".{path.name}.{uuid.uuid4().hex}.old")
             os.rename(path, old)
-            os.rename(tmp, path)
-            shutil.rmtree(old)
+            try:
+                os.rename(tmp, path)
+            except OSError:
+                os.rename(old, path)  # put the old folder back: all or nothing
+                raise
+            shutil.rmtree(old, ignore_errors=True)  # the new folder is in place; a leftover is only litter
         else:
             os.rename(tmp, path)
     finally:

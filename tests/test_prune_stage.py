@@ -106,6 +106,9 @@ def _run_with_student(demo_run, tmp_path, model: str):
     arch = make_arch(model, (1, 28, 28), 10)
     payload = checkpoint.load(run / "student.pt")
     checkpoint.save(run / "student.pt", {**payload, "arch": arch, "state_dict": build_model(arch).state_dict()})
+    config = json.loads((run / "config.json").read_text())
+    config["student"]["model"] = model  # as `train --student-model MODEL` would have written it
+    (run / "config.json").write_text(json.dumps(config))
     return run
 
 
@@ -316,3 +319,58 @@ def test_atomic_dir_replaces_whole_or_not_at_all_and_follows_a_symlink(tmp_path)
         (tmp / "new.txt").write_text("new")
     assert link.is_symlink() and [p.name for p in target.iterdir()] == ["new.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "target"]  # no temp or old folder left
+
+
+def test_out_refusals_that_protect_nested_runs_and_writes_into_the_current_folder(demo_run, tmp_path, monkeypatch,
+                                                                                 capsys):
+    out = tmp_path / "out"
+    assert main(["prune", "--run", str(demo_run), "--epochs", "0", "--out", str(out)]) == 0
+    assert main(["prune", "--run", str(out), "--epochs", "0"]) == 0  # out/pruned, a further pruned run
+    assert main(["prune", "--run", str(demo_run), "--epochs", "0", "--out", str(out)]) == 2
+    assert "holds a further pruned run (pruned)" in _error(capsys) and (out / "pruned" / "student.pt").exists()
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)  # `--out .` in an empty folder: filled in place, the folder itself stays
+    assert main(["prune", "--run", str(demo_run), "--epochs", "0", "--out", "."]) == 0
+    assert (here / "prune.json").exists() and here.samefile(".")
+
+
+def test_fc_sparsity_not_above_the_zeros_already_there_is_one_line(demo_run, tmp_path, capsys):
+    sparse = tmp_path / "sparse"
+    assert main(["prune", "--run", str(demo_run), "--channels", "0", "--fc-sparsity", "0.5", "--epochs", "0",
+                 "--out", str(sparse)]) == 0
+    assert main(["prune", "--run", str(sparse), "--channels", "0", "--fc-sparsity", "0.2", "--epochs", "0",
+                 "--out", str(tmp_path / "x")]) == 2
+    assert "is not above the 50.0 % of FC weights already zero" in _error(capsys)
+
+
+def test_a_teacher_for_another_task_is_one_line_before_any_work(demo_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(demo_run, run)
+    payload = checkpoint.load(run / "teacher.pt")
+    checkpoint.save(run / "teacher.pt", {**payload, "num_classes": 5})
+    assert main(["prune", "--run", str(run), "--epochs", "1"]) == 2
+    assert "teacher.pt does not match the student: num_classes 5 vs 10" in _error(capsys)
+
+
+def test_atomic_dir_puts_the_old_folder_back_when_the_swap_fails(tmp_path, monkeypatch):
+    import os
+
+    from atlas import fileio
+
+    target = tmp_path / "target"
+    target.mkdir()
+    (target / "old.txt").write_text("old")
+    real_rename, calls = os.rename, []
+
+    def flaky_rename(src, dst):
+        calls.append((src, dst))
+        if len(calls) == 2:  # the new folder into place
+            raise OSError(16, "Device or resource busy")
+        real_rename(src, dst)
+
+    monkeypatch.setattr(fileio.os, "rename", flaky_rename)
+    with pytest.raises(OSError):
+        with fileio.atomic_dir(target) as tmp:
+            (tmp / "new.txt").write_text("new")
+    assert [p.name for p in target.iterdir()] == ["old.txt"] and sorted(p.name for p in tmp_path.iterdir()) == ["target"]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import copy
 import math
+import os
 import shutil
 import statistics
 import tempfile
@@ -94,7 +95,7 @@ def prune(cfg: Config, run_dir: str | Path, out_dir: str | Path | None = None, *
           epochs: int | None = None, align: int | None = None, fc_sparsity: float | None = None,
           fc_scope: str | None = None, progress: bool = False, log=print) -> dict:
     run_dir = Path(run_dir)
-    out_dir = Path(out_dir) if out_dir else run_dir / "pruned"
+    out_dir = Path(os.path.abspath(out_dir if out_dir else run_dir / "pruned"))  # no "." or ".." left
     fraction = cfg.compress.channels if fraction is None else fraction
     epochs = cfg.compress.finetune_epochs if epochs is None else epochs
     align = cfg.compress.align if align is None else align
@@ -107,6 +108,9 @@ def prune(cfg: Config, run_dir: str | Path, out_dir: str | Path | None = None, *
         raise UserError(f"the student in {run_dir} was trained on {payload['dataset']}, not {cfg.data.dataset}: "
                         f"drop --data-dataset (prune fine-tunes and measures on the student's data set)")
     arch = payload["arch"]
+    if cfg.student.model != arch["name"]:  # config.json goes with the pruned run; export checks the two agree
+        raise UserError(f"the config names student model {cfg.student.model!r} but {run_dir}/student.pt is a "
+                        f"{arch['name']!r}: drop --config (the run's own config.json is the default)")
     widths = channel_blocks.conv_widths(student)
     pruned, new_arch, keep, removed = _remove_channels(student, arch, fraction, align)
     if fc_sparsity and not linear_weights(pruned):
@@ -115,10 +119,7 @@ def prune(cfg: Config, run_dir: str | Path, out_dir: str | Path | None = None, *
     if epochs and not teacher_path.is_file():
         raise UserError(f"{run_dir} has no teacher.pt, which KD fine-tuning needs: copy the run's teacher there, "
                         "or prune without fine-tuning (--epochs 0)")
-    if teacher_path.exists():  # read now, so a bad teacher stops us before any work (and is never copied)
-        teacher = checkpoint.load_model(teacher_path)[0]
-    else:
-        teacher = None
+    teacher = _read_teacher(teacher_path, payload) if teacher_path.exists() else None
 
     data = load_dataset(payload["dataset"], cfg.data.dir or None, progress=False).limited(
         cfg.data.train_limit, cfg.data.test_limit)
@@ -189,13 +190,19 @@ def prune(cfg: Config, run_dir: str | Path, out_dir: str | Path | None = None, *
     metrics = {**payload["metrics"], "accuracy": acc_after, "params": after["params"], "pruned": step,
                "pruning_history": [*earlier, step]}
     report["wrote"] = ["student.pt", "config.json", "prune.json"] + (["teacher.pt"] if teacher is not None else [])
-    replacing = out_dir.exists()
+    replacing = out_dir.is_dir() and any(out_dir.iterdir())
+    _check_out_dir(run_dir, out_dir)  # again: minutes have passed
     with atomic_dir(out_dir) as tmp:  # all or nothing; an earlier prune output there (and its exports) goes
         checkpoint.save(tmp / "student.pt", {**payload, "arch": new_arch, "metrics": metrics,
                                              "state_dict": {k: v.clone() for k, v in pruned.state_dict().items()}})
-        write_json(tmp / "config.json", cfg.to_dict())  # the recipe actually used, overrides included
+        # the run's recipe goes with it unchanged (prune.json records this prune's options); a run without one
+        # (pruned with --config) gets the config this prune read
+        if (run_dir / "config.json").is_file():
+            shutil.copyfile(run_dir / "config.json", tmp / "config.json")
+        else:
+            write_json(tmp / "config.json", cfg.to_dict())
         if teacher is not None:  # the pruned run is a run like any other: it can be pruned again, with KD
-            shutil.copyfile(teacher_path, tmp / "teacher.pt")
+            _link_or_copy(teacher_path, tmp / "teacher.pt")
         write_json(tmp / "prune.json", report)
     log(format_report(report, out_dir))
     if replacing:
@@ -220,15 +227,53 @@ def _check_options(fraction: float, fc_sparsity: float, fc_scope: str, epochs: i
 
 
 def _check_out_dir(run_dir: Path, out_dir: Path) -> None:
-    """The output replaces only a new folder, an empty one or an earlier prune output, and never the run being
-    pruned or a folder holding it (checked before any work)."""
-    if run_dir.resolve().is_relative_to(out_dir.resolve()):
+    """The output (an absolute path) replaces only a new folder, an empty one or an earlier prune output, and
+    never the run being pruned, a folder holding it, or a further pruned run inside it. The new folder is
+    written beside it first, so that parent must be writable. Checked before any work, and again before
+    writing."""
+    try:
+        holds_run = run_dir.resolve().is_relative_to(out_dir.resolve())
+    except (OSError, RuntimeError) as e:  # a symlink loop, say
+        raise UserError(f"--out {out_dir}: cannot resolve the path ({e})") from None
+    if holds_run:
         raise UserError(f"--out {out_dir} is (or holds) the run being pruned, {run_dir}: give another folder")
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"--out {out_dir} exists and is not a folder: give a folder path")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / "prune.json").is_file():
-        raise UserError(f"--out {out_dir} holds other files and no prune.json: give a new or empty folder (an "
-                        "earlier prune output is replaced whole)")
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        if not (out_dir / "prune.json").is_file():
+            raise UserError(f"--out {out_dir} holds other files and no prune.json: give a new or empty folder (an "
+                            "earlier prune output is replaced whole)")
+        nested = sorted(p.name for p in out_dir.iterdir() if (p / "student.pt").is_file())
+        if nested:
+            raise UserError(f"--out {out_dir} holds a further pruned run ({', '.join(nested)}) that replacing it "
+                            "would delete: move that away first, or give another --out")
+        if os.path.ismount(out_dir):
+            raise UserError(f"--out {out_dir} is a mount point, which cannot be swapped for a new folder: give a "
+                            "folder inside it")
+    ancestor = out_dir.parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
+        raise UserError(f"--out {out_dir}: cannot create folders in {ancestor} (the new run folder is written "
+                        "beside its final place, then renamed): choose an --out whose parent you can write")
+
+
+def _read_teacher(path: Path, student_payload: dict) -> torch.nn.Module:
+    """The run's teacher, read before any work so that a bad one stops us early (and is never copied on)."""
+    teacher, payload = checkpoint.load_model(path)
+    for key in ("dataset", "input_shape", "num_classes"):
+        if payload.get(key) != student_payload.get(key):
+            raise UserError(f"{path} does not match the student: {key} {payload.get(key)!r} vs "
+                            f"{student_payload.get(key)!r}; put the teacher the student was distilled from there")
+    return teacher
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """A hard link where the file system allows one (a teacher can be large, and each prune keeps one)."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
 
 
 def _fc_masks(model: torch.nn.Module, sparsity: float, scope: str) -> dict[str, torch.Tensor] | None:
@@ -250,6 +295,10 @@ def _fc_masks(model: torch.nn.Module, sparsity: float, scope: str) -> dict[str, 
                         "fraction" + (" or --fc-scope layer" if scope == "global" else ""))
     if earlier:
         masks = {name: m & earlier[name] for name, m in masks.items()}
+        if all(torch.equal(masks[name], earlier[name]) for name in masks):
+            raise UserError(f"--fc-sparsity {sparsity} is not above the {100 * sparsity_of(weights):.1f} % of FC "
+                            "weights already zero (the fraction is a total, not an increment): give a larger "
+                            "one, or 0 to keep the earlier zeros")
     apply_masks(weights, masks)
     return masks
 
@@ -328,8 +377,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--align", type=int, metavar="N", help="round each layer's width to a multiple of N "
                         "(16 matches the Ascend Cube's channel blocks; default 1: no rounding)")
     parser.add_argument("--fc-sparsity", type=float, metavar="FRACTION",
-                        help="also zero this fraction of the fully-connected weights, smallest |w| first (unstructured: "
-                        "no smaller ONNX; for PMW-SGD-trained students); --channels 0 prunes FC weights only")
+                        help="also zero this fraction of the fully-connected weights in all, smallest |w| first "
+                        "(unstructured: no smaller ONNX; for PMW-SGD-trained students); --channels 0 prunes FC "
+                        "weights only")
     parser.add_argument("--fc-scope", choices=["global", "layer"],
                         help="rank FC weights across all FC layers (global, default) or prune each layer alike")
     parser.add_argument("--out", metavar="DIR", help="where the pruned run goes (default <run>/pruned)")
