@@ -34,7 +34,7 @@ from training.channel_blocks import C0, block_summary, describe
 from training.data import load_dataset
 from training.distill import KDSetup, accuracy, at_chance_level, fit, predict
 from training.models import count_parameters
-from training.pruning import apply_masks, linear_weights, magnitude_masks, sparsity_of
+from training.pruning import apply_masks, keep_masked, linear_weights, magnitude_masks, sparsity_of
 from training.slimming import count_macs, prune_channels
 
 
@@ -127,7 +127,7 @@ def prune(cfg: Config, run_dir: str | Path, out_dir: str | Path | None = None, *
 
     train_split, test_split = to_splits(data, torch.device("cpu"))
     fc_masks = _fc_masks(pruned, fc_sparsity, fc_scope)
-    keep_fc_zero = (lambda m: apply_masks(linear_weights(m), fc_masks)) if fc_masks else None
+    keep_fc_zero = keep_masked(fc_masks) if fc_masks else None
     acc_before, acc_pruned = accuracy(student, test_split), accuracy(pruned, test_split)
     done = [f"removed {removed:.0%} of the conv channels: widths {widths} -> {[len(k) for k in keep]}"] if fraction \
         else []

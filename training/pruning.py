@@ -51,17 +51,22 @@ def apply_masks(weights: dict[str, torch.Tensor], masks: dict[str, torch.Tensor]
         w.mul_(masks[name].to(w.dtype))
 
 
-def prune_linear(model: nn.Module, sparsity: float, scope: str = "global"):
-    """Zero `sparsity` of the model's Linear weights; returns an `after_step(model)` that keeps them zero
-    during fine-tuning (pass it to training.distill.fit)."""
-    weights = linear_weights(model)
-    masks = magnitude_masks(weights, sparsity, scope)
-    apply_masks(weights, masks)
+def keep_masked(masks: dict[str, torch.Tensor]):
+    """An `after_step(model)` for training.distill.fit that keeps the masked Linear weights at zero."""
 
     def keep_pruned(m: nn.Module) -> None:
         apply_masks(linear_weights(m), masks)
 
     return keep_pruned
+
+
+def prune_linear(model: nn.Module, sparsity: float, scope: str = "global"):
+    """Zero `sparsity` of the model's Linear weights; returns an `after_step(model)` that keeps them zero
+    during fine-tuning (keep_masked)."""
+    weights = linear_weights(model)
+    masks = magnitude_masks(weights, sparsity, scope)
+    apply_masks(weights, masks)
+    return keep_masked(masks)
 
 
 def sparsity_of(weights: dict[str, torch.Tensor]) -> float:
