@@ -238,8 +238,10 @@ def option_name(dotted: str) -> str:
     return "--" + dotted.replace(".", "-").replace("_", "-")
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, sections: list[str] | None = None) -> None:
-    """Add `--config`, `--set` and one `--section-field` option per config field (all sections by default)."""
+def add_config_arguments(parser: argparse.ArgumentParser, sections: list[str] | None = None,
+                         exclude: tuple[str, ...] = ()) -> None:
+    """Add `--config`, `--set` and one `--section-field` option per config field (all sections by default),
+    except the dotted fields in `exclude`: options a command would accept and silently ignore."""
     parser.add_argument("--config", metavar="TOML", help="recipe file (default: the run folder's config.json, else built-in defaults)")
     parser.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], help="override any config key, e.g. student.epochs=3")
     group = parser.add_argument_group("config overrides")
@@ -251,6 +253,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, sections: list[str] | 
         obj = getattr(defaults, section)
         for f in dataclasses.fields(obj):
             dotted = f"{section}.{f.name}"
+            if dotted in exclude:
+                continue
             group.add_argument(option_name(dotted), dest=f"cfg:{dotted}", metavar="VALUE", default=None,
                                help=f"(default {getattr(obj, f.name)!r})")
 

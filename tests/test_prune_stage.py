@@ -295,6 +295,22 @@ def test_another_data_set_than_the_students_is_one_line(demo_run, tmp_path, caps
     assert "was trained on mnist-sample, not cifar10" in _error(capsys) and not (tmp_path / "x").exists()
 
 
+def test_prune_fine_tunes_on_the_given_device_and_refuses_one_it_lacks(demo_run, pruned_run, tmp_path, capsys):
+    assert json.loads((pruned_run / "pruned" / "prune.json").read_text())["finetune"]["device"] == "cpu"
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the refusal below needs one without")
+    assert main(["prune", "--run", str(demo_run), "--device", "cuda", "--out", str(tmp_path / "x")]) == 2
+    assert "CUDA is not available (use --device cpu)" in _error(capsys) and not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("option", ["--compress-pmw-strength", "--compress-slim"])
+def test_training_only_options_are_refused_not_ignored(demo_run, option, capsys):
+    with pytest.raises(SystemExit) as exit_:  # prune fine-tunes with plain SGD and no L1 term
+        main(["prune", "--run", str(demo_run), option, "3"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2 and len(err) == 1 and f"unrecognized arguments: {option} 3" in err[0], err
+
+
 def test_a_ratio_whose_rounds_hold_1_is_called_no_clear_change():
     from training.prune_stage import _ratio_with_spread
 

@@ -36,6 +36,7 @@ from training.distill import KDSetup, accuracy, at_chance_level, fit, predict
 from training.models import count_parameters
 from training.pruning import apply_masks, keep_masked, linear_weights, magnitude_masks, sparsity_of
 from training.slimming import count_macs, prune_channels
+from training.train import resolve_device, to_splits
 
 
 def onnx_latency_ms(models: dict[str, torch.nn.Module], input_shape: list[int], batch: int, *,
@@ -103,6 +104,7 @@ def prune(cfg: Config, run_dir: str | Path, out_dir: str | Path | None = None, *
     fc_scope = cfg.compress.fc_scope if fc_scope is None else fc_scope
     _check_options(fraction, fc_sparsity, fc_scope, epochs, cfg.compress.finetune_lr)
     _check_out_dir(run_dir, out_dir)
+    device = resolve_device(cfg.device)  # fine-tuning's; export, latency and the checkpoint stay on the CPU
     student, payload = checkpoint.load_model(run_dir / "student.pt")
     if cfg.data.dataset != payload["dataset"]:  # fine-tuning and accuracy use the student's own data set
         raise UserError(f"the student in {run_dir} was trained on {payload['dataset']}, not {cfg.data.dataset}: "
@@ -123,9 +125,8 @@ def prune(cfg: Config, run_dir: str | Path, out_dir: str | Path | None = None, *
 
     data = load_dataset(payload["dataset"], cfg.data.dir or None, progress=False).limited(
         cfg.data.train_limit, cfg.data.test_limit)
-    from training.train import to_splits
-
-    train_split, test_split = to_splits(data, torch.device("cpu"))
+    train_split, test_split = to_splits(data, device)
+    student, pruned = student.to(device), pruned.to(device)  # the surgery ran on the CPU
     fc_masks = _fc_masks(pruned, fc_sparsity, fc_scope)
     keep_fc_zero = keep_masked(fc_masks) if fc_masks else None
     acc_before, acc_pruned = accuracy(student, test_split), accuracy(pruned, test_split)
@@ -138,15 +139,14 @@ def prune(cfg: Config, run_dir: str | Path, out_dir: str | Path | None = None, *
 
     history = []
     if epochs:
-        kd = KDSetup(cfg.distill.temperature, cfg.distill.alpha, cached_logits=predict(teacher, train_split.images))
+        kd = KDSetup(cfg.distill.temperature, cfg.distill.alpha, cached_logits=predict(teacher.to(device), train_split.images))
         spec = TrainConfig(model=arch["name"], epochs=epochs, lr=cfg.compress.finetune_lr, schedule="onecycle",
                            momentum=cfg.student.momentum, weight_decay=cfg.student.weight_decay)
         history = fit(pruned, train_split, test_split, spec, batch_size=cfg.data.batch_size, seed=cfg.seed + 2000,
                       kd=kd, desc="fine-tune", progress=progress, log=log, after_step=keep_fc_zero)
     acc_after = accuracy(pruned, test_split)
     _refuse_diverged(history, acc_pruned, acc_after, payload["arch"]["num_classes"], cfg.compress.finetune_lr)
-    pruned.eval()
-    student.eval()
+    pruned, student = pruned.cpu().eval(), student.cpu().eval()
 
     shape = list(payload["input_shape"])
     latency = {f"batch_{b}": onnx_latency_ms({"before": student, "after": pruned}, shape, b) for b in (1, 64)}
@@ -180,6 +180,7 @@ def prune(cfg: Config, run_dir: str | Path, out_dir: str | Path | None = None, *
         "npu_blocks": block_summary(student, pruned),
         "macs_c0_note": f"estimate, not a measurement: MACs with channels rounded up to the Cube's {C0}-channel blocks",
         "finetune": {"epochs": epochs, "lr": cfg.compress.finetune_lr, "optimizer": "sgd", "schedule": "onecycle",
+                     "device": str(device),
                      "history": history},
         "latency_note": ("onnxruntime CPU, 1 intra-op thread, median of interleaved rounds (in brackets: the range of "
                          "the per-round ratios); not Ascend 310 figures"),
@@ -383,7 +384,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fc-scope", choices=["global", "layer"],
                         help="rank FC weights across all FC layers (global, default) or prune each layer alike")
     parser.add_argument("--out", metavar="DIR", help="where the pruned run goes (default <run>/pruned)")
-    add_config_arguments(parser, sections=["data", "compress"])
+    # slim and pmw_strength shape training (atlas-kd train); prune's fine-tuning is plain SGD, so it takes neither
+    add_config_arguments(parser, sections=["data", "compress"], exclude=("compress.slim", "compress.pmw_strength"))
 
 
 def run(args: argparse.Namespace) -> int:
