@@ -26,7 +26,7 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     """Yield a temp path beside `path`; rename it onto `path` only if the block finishes.
 
     The temp file lives in the same folder (so the rename is atomic) and keeps `suffix`
-    (some writers, like numpy and torch, care about the extension).
+    (some writers, like numpy and torch, care about the extension); it is flushed to disk before the rename.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -36,7 +36,9 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        _fsync(tmp_path)
         os.replace(tmp_path, path)
+        _fsync(path.parent)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
@@ -48,7 +50,8 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     there is removed), else it is removed: a run folder appears complete, or the old one stays as it was.
     Two renames swap an old folder out and the new one in (if the second fails, the old one is put back); a
     process killed between them leaves the old one as a hidden `.NAME.*.old` beside it. An empty folder is
-    filled in place instead, entry by entry. A symlinked `path` is replaced at its target.
+    filled in place instead, entry by entry. A symlinked `path` is replaced at its target. Its files are
+    flushed to disk before the swap.
     """
     from atlas.errors import UserError
 
@@ -63,6 +66,9 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp makes 0700
     try:
         yield tmp
+        for entry in [*tmp.rglob("*"), tmp]:
+            if not entry.is_symlink():
+                _fsync(entry)
         if path.is_dir() and not any(path.iterdir()):  # an empty folder (maybe someone's cwd) is filled in place
             for entry in tmp.iterdir():
                 os.rename(entry, path / entry.name)
@@ -77,9 +83,20 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)  # the new folder is in place; a leftover is only litter
         else:
             os.rename(tmp, path)
+        _fsync(path.parent)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file's data (or a folder's entries) to disk, so that a power cut after a rename cannot leave an
+    empty or missing file under the real name (the board's SD card and a workstation alike)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
