@@ -405,6 +405,10 @@ def build_atc_command(onnx_path: str | Path, output: str | Path, *, atc: str | S
     if insert_op_conf is not None:
         options.append(f"--insert_op_conf={insert_op_conf}")
     names = [option_name(o) for o in options]
+    managed = [w for w in extra if option_name(w) in ("model", "output")]
+    if managed:
+        raise UserError(f"{managed[0]}: atlas-kd sets --model and --output itself (the .om is built from the "
+                        "run's ONNX into <run>/model.om); drop this ATC option, or use --onnx / --run to choose them")
     for word in extra:
         name = option_name(word)
         if name is not None and name in names and "=" in word:

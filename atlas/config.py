@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -282,3 +283,18 @@ def config_from_args(args: argparse.Namespace, run_dir: str | Path | None = None
 
 def default_run_dir(cfg: Config) -> Path:
     return Path("runs") / cfg.name
+
+
+def make_run_dir(run_dir: str | Path) -> Path:
+    """Create the run folder (and its parents) for a stage to write into; a UserError when it cannot be one."""
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"run folder {run_dir} is a file, not a folder: pass --run with a folder path")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create the run folder {run_dir}: {e.strerror or e} (pass --run with a folder "
+                        "you can write)") from None
+    if not os.access(run_dir, os.W_OK | os.X_OK):
+        raise UserError(f"run folder {run_dir} is not writable: fix its permissions or pass --run with another folder")
+    return run_dir

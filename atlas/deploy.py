@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import threading
 import time
@@ -94,12 +95,26 @@ def load_bundle(run_dir: Path, cfg: DeployConfig) -> Bundle:
     export = read_json(run_dir / "export.json") if (run_dir / "export.json").exists() else None
     if export is None:
         raise UserError(f"{run_dir}/export.json not found: run the export stage first (make onnx)")
+    if not isinstance(export, dict) or export.get("failed") or "board_input" not in export or "input" not in export:
+        why = f"the last export failed ({export['failed']})" if isinstance(export, dict) and export.get("failed") \
+            else "it is not the record of a finished export"
+        raise UserError(f"{run_dir}/export.json: {why}: run the export stage again (make onnx), then make om")
+    for folder in (run_dir, run_dir / "board"):  # checked before the board does any work for nothing
+        if folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):
+            raise UserError(f"{folder} is not writable: deploy fetches the board's outputs and writes deploy.json "
+                            "there; fix its permissions")
     model = run_dir / "model.om"
     if not model.is_file():
         raise UserError(f"{model} not found: build it first (make om, or make om SIM=1 for the sim board)")
     inputs = run_dir / export["board_input"]["path"]
     if not inputs.is_file():
         raise UserError(f"{inputs} not found: run the export stage again (make onnx)")
+    atc = read_json(run_dir / "atc.json") if (run_dir / "atc.json").is_file() else None
+    built_from = ((atc or {}).get("onnx") or {}).get("sha256") if isinstance(atc, dict) else None
+    exported = (export.get("onnx") or {}).get("sha256")
+    if built_from and exported and built_from != exported:  # re-exported since: golden/ is not this .om's
+        raise UserError(f"{model} was built from another ONNX than the current export (atc.json and export.json "
+                        "differ): build it again with make om (SIM=1 for the sim board)")
     with open(model, "rb") as f:
         head = f.read(8)
     if not (sim_om.is_sim_om(head) or sim_om.is_real_om(head)):

@@ -17,7 +17,7 @@ from typing import Any, Sequence, TextIO
 
 from atlas import atc as atc_tool
 from atlas.aipp import aipp_from_normalization, write_insert_op_cfg
-from atlas.config import OmConfig, add_config_arguments, config_from_args
+from atlas.config import OmConfig, add_config_arguments, config_from_args, make_run_dir
 from atlas.errors import UserError
 from atlas.fileio import read_json, sha256_file, write_json
 from atlas.om_file import OmDamaged, describe, inspect_om
@@ -57,6 +57,8 @@ def run(args: argparse.Namespace) -> int:
     run_dir = Path(args.run) if args.run else Path(args.onnx).parent
     config = config_from_args(args, run_dir)
     cfg = config.om
+    if cfg.timeout_s <= 0:  # else ATC would start and be "stopped" at once, and the earlier model.om removed
+        raise UserError(f"--timeout / om.timeout_s must be a positive number of seconds (got {cfg.timeout_s})")
     try:
         if args.on_board:
             if args.onnx:
@@ -105,7 +107,7 @@ def build_om(run_dir: str | Path, cfg: OmConfig, *, onnx_path: str | Path | None
     if not onnx_path.is_file():
         raise UserError(f"{onnx_path}: ONNX model not found" + ("" if export is None else
                         f" (export.json names it): re-run `atlas-kd export --run {run_dir}` (make onnx)"))
-    run_dir.mkdir(parents=True, exist_ok=True)
+    make_run_dir(run_dir)
     inputs = atc_tool.read_onnx_inputs(onnx_path)
     if lint:
         lint_or_fail(onnx_path)
@@ -165,6 +167,9 @@ def read_export(run_dir: Path, required: bool) -> dict[str, Any] | None:
     export = read_json(path)
     if not isinstance(export, dict):
         raise UserError(f"{path}: expected a JSON object; re-run `atlas-kd export --run {run_dir}`")
+    if export.get("failed"):
+        raise UserError(f"{path}: the last export failed ({export['failed']}): fix it and re-run "
+                        f"`atlas-kd export --run {run_dir}` (make onnx) before building the .om")
     return export
 
 

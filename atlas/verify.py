@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -80,19 +81,32 @@ def board_dirs(run_dir: Path, board_dir: str | None) -> list[Path]:
         return [Path(board_dir)]
     deploy_json = run_dir / "deploy.json"
     if deploy_json.exists():
-        boards = read_json(deploy_json).get("boards", [])
+        record = read_json(deploy_json)
+        boards = record.get("boards", []) if isinstance(record, dict) else []
         dirs = [run_dir / b["local_dir"] for b in boards if b.get("status") == "ok"]
         if dirs:
             return dirs
+        if boards:  # board/ may still hold an earlier deploy's outputs: they are not this model's
+            raise UserError(f"{deploy_json}: the last deploy failed ({boards[0].get('error', 'see deploy.json')}); "
+                            "deploy again (make deploy), or pass --board-dir DIR with outputs you trust")
     return [run_dir / "board"]
 
 
 def verify(run_dir: str | Path, cfg: Config, board_dir: str | None = None) -> dict:
     run_dir = Path(run_dir)
+    export = _optional(run_dir, "export.json")
+    if isinstance(export, dict) and export.get("failed"):
+        raise UserError(f"{run_dir}/export.json: the last export failed ({export['failed']}), so golden/ may not "
+                        "belong to the model: export again (make onnx), then om and deploy")
     reference = _load(run_dir / "golden" / "reference.npy", "the reference", "the export stage (make onnx)")
     labels = _load(run_dir / "golden" / "labels.npy", "the labels", "the export stage (make onnx)")
+    folders = board_dirs(run_dir, board_dir)
+    for folder in [run_dir, *folders]:  # checked first: a report half written is worse than none
+        if folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):
+            raise UserError(f"{folder} is not writable: verify writes verify.json, report.md and confusion.png "
+                            "there; fix its permissions")
     results = []
-    for folder in board_dirs(run_dir, board_dir):
+    for folder in folders:
         outputs = _load(folder / "outputs.npy", "the board's outputs", "the deploy stage (make deploy)")
         metrics = compare(outputs, reference, labels)
         failed = judge(metrics, cfg.verify)
@@ -145,9 +159,10 @@ def _optional(run_dir: Path, name: str) -> dict | None:
     if not path.exists():
         return None
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return None
+    return data if isinstance(data, dict) else None  # a hand-edited record is left out of the report, not a crash
 
 
 def _pct(x) -> str:

@@ -7,13 +7,14 @@ A lint error stops the stage (exit 1) with the findings listed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 
-from atlas.config import Config, add_config_arguments, config_from_args, default_run_dir
+from atlas.config import Config, add_config_arguments, config_from_args, default_run_dir, make_run_dir
 from atlas.errors import UserError
 from atlas.fileio import atomic_path, sha256_file, write_json
 from export import lint
@@ -28,9 +29,13 @@ _UNUSABLE = lint.UNREADABLE_RULES | {"external-data-outside-folder", "external-d
 def export(cfg: Config, run_dir: str | Path, *, checkpoint_path: str | Path | None = None,
            onnx_path: str | Path | None = None, log=print) -> dict:
     from training import checkpoint
-    from training.data import dataset_info, load_dataset, normalize
+    from training.data import dataset_info
 
     run_dir = Path(run_dir)
+    if cfg.export.batch < 1:  # checked before anything is written: a batch-0 model would replace a good one
+        raise UserError(f"export.batch must be >= 1 (got {cfg.export.batch}): the .om runs with this fixed batch")
+    if cfg.export.golden_count < 1:
+        raise UserError(f"export.golden_count must be >= 1 (got {cfg.export.golden_count})")
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     raw_path, model_path = run_dir / "model.raw.onnx", run_dir / "model.onnx"
@@ -41,7 +46,7 @@ def export(cfg: Config, run_dir: str | Path, *, checkpoint_path: str | Path | No
         dataset_name, normalization = payload["dataset"], payload["normalization"]
         input_shape = [cfg.export.batch, *payload["input_shape"]]
         source = {"checkpoint": str(checkpoint_path), "arch": payload["arch"]}
-        run_dir.mkdir(parents=True, exist_ok=True)
+        make_run_dir(run_dir)
         export_onnx(model, input_shape, raw_path, opset=cfg.export.opset)
     else:
         onnx_path = Path(onnx_path)
@@ -51,10 +56,26 @@ def export(cfg: Config, run_dir: str | Path, *, checkpoint_path: str | Path | No
         info = dataset_info(cfg.data.dataset)
         dataset_name, normalization = info.name, {"mean": list(info.mean), "std": list(info.std)}
         source = {"onnx": str(onnx_path)}
-        run_dir.mkdir(parents=True, exist_ok=True)
+        make_run_dir(run_dir)
         with atomic_path(raw_path, suffix=".onnx") as tmp:
             shutil.copyfile(onnx_path, tmp)
     timings["export_s"] = time.perf_counter() - t0
+    failure = {"source": source, "failed": "export"}  # what export.json says if the stage stops from here on
+    try:
+        return _finish(cfg, run_dir, raw_path, model_path, model, source, dataset_name, normalization, timings,
+                       t0, failure, log)
+    except BaseException as e:
+        # model.raw.onnx is new now: an earlier export.json would describe another model (and om and deploy
+        # would trust it), so a stage that stops from here on leaves a record that says it failed
+        failure["error"] = e.message if isinstance(e, UserError) else f"{type(e).__name__}: {e}".rstrip(": ")
+        with contextlib.suppress(OSError):
+            write_json(run_dir / "export.json", failure)
+        raise
+
+
+def _finish(cfg: Config, run_dir: Path, raw_path: Path, model_path: Path, model, source: dict, dataset_name: str,
+            normalization: dict, timings: dict[str, float], t0: float, failure: dict, log) -> dict:
+    from training.data import load_dataset, normalize
 
     t = time.perf_counter()
     if cfg.export.simplify:
@@ -70,7 +91,7 @@ def export(cfg: Config, run_dir: str | Path, *, checkpoint_path: str | Path | No
     timings["lint_s"] = time.perf_counter() - t
     lint_report = lint.report_dict(findings, model_path.name)
     if lint.has_errors(findings):
-        write_json(run_dir / "export.json", {"source": source, "lint": lint_report, "failed": "lint"})
+        failure.update(lint=lint_report, failed="lint")
         log(lint.format_findings(findings, model_path))
         raise UserError(f"{model_path}: lint found {lint_report['summary']['errors']} error(s) that ATC would refuse "
                         "(listed above); fix the model and export again", exit_code=1)

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -34,6 +36,29 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeou
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.run([sys.executable, "-m", "atlas.cli", *args], cwd=cwd or REPO, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+_AS_NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+
+
+def run_cli_as_nobody(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """`atlas-kd ARGS` as user nobody, for permission tests (root ignores file modes). Skips unless we are root
+    with setpriv and nobody can run this checkout's venv (a private parent folder would stop it)."""
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        pytest.skip("needs root and setpriv to drop to user nobody")
+    cli = str(Path(sys.executable).parent / "atlas-kd")
+    if subprocess.run([*_AS_NOBODY, cli, "--help"], capture_output=True, timeout=timeout).returncode != 0:
+        pytest.skip(f"user nobody cannot run {cli} (a parent folder is private)")
+    return subprocess.run([*_AS_NOBODY, cli, *args], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def public_tmp() -> Path:
+    """A temp folder user nobody can enter (pytest's tmp_path is 0700 and root-owned)."""
+    base = Path(tempfile.mkdtemp(prefix="atlas-kd-test-"))
+    base.chmod(0o755)
+    yield base
+    shutil.rmtree(base)
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess, code: int, *fragments: str) -> None:

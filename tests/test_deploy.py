@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from atlas.cli import main
+from conftest import run_cli_as_nobody
 
 
 @pytest.fixture(scope="module")
@@ -84,3 +85,41 @@ def test_missing_model_om_names_the_stage(demo_run, tmp_path, capsys):
     (run / "model.om").unlink()
     assert main(["deploy", "--run", str(run), "--board", "nowhere"]) == 2
     assert "make om" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("record, expected", [
+    ({"source": {}, "lint": {}, "failed": "lint"}, "the last export failed (lint)"),
+    ({"source": {}, "failed": "export", "error": "data dir missing"}, "the last export failed (export)"),
+    ([1, 2], "not the record of a finished export"),
+    ({"onnx": {"path": "model.onnx"}}, "not the record of a finished export"),
+])
+def test_an_export_json_of_a_failed_export_is_one_line(demo_run, tmp_path, capsys, record, expected):
+    run = copy_run(demo_run, tmp_path / "x")
+    (run / "export.json").write_text(json.dumps(record))
+    assert main(["deploy", "--run", str(run), "--board", "nowhere"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and expected in err[0] and "make onnx" in err[0]
+
+
+def test_an_unwritable_run_folder_is_refused_before_the_board_is_contacted(public_tmp):
+    run = public_tmp / "run"
+    run.mkdir()
+    (run / "export.json").write_text(json.dumps({"input": {"shape": [1, 1, 28, 28]},
+                                                 "board_input": {"path": "golden/inputs.npy"}}))
+    run.chmod(0o555)
+    done = run_cli_as_nobody("deploy", "--run", str(run), "--board", "nowhere.invalid")
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == [f"atlas-kd deploy: error: {run} is not writable: deploy fetches "
+                                                "the board's outputs and writes deploy.json there; fix its "
+                                                "permissions"]
+
+
+def test_a_model_om_built_before_the_last_export_is_refused(demo_run, tmp_path, capsys):
+    # export ran again (another checkpoint, another batch) but om did not: the .om is not golden/'s model
+    run = copy_run(demo_run, tmp_path / "x")
+    export = json.loads((run / "export.json").read_text())
+    export["onnx"]["sha256"] = "0" * 64
+    (run / "export.json").write_text(json.dumps(export))
+    assert main(["deploy", "--run", str(run), "--board", "nowhere"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "built from another ONNX than the current export" in err[0] and "make om" in err[0]

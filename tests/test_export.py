@@ -1,4 +1,5 @@
 import json
+import shutil
 
 import numpy as np
 import onnx
@@ -197,3 +198,45 @@ def test_lint_error_stops_the_stage_with_findings_listed(tmp_path, capsys):
     assert "op-not-in-table" in captured.out and "lint found" in captured.err
     assert json.loads((out / "export.json").read_text())["failed"] == "lint"
     assert not (out / "golden").exists()
+
+
+@pytest.mark.parametrize("batch", ["0", "-3"])
+def test_a_batch_below_one_is_refused_before_the_good_export_is_replaced(student_runs, tmp_path, capsys, batch):
+    run = tmp_path / "run"
+    shutil.copytree(student_runs["tinycnn"], run)
+    assert _export(run) == 0
+    capsys.readouterr()
+    before = {name: (run / name).read_bytes() for name in ("model.onnx", "model.raw.onnx", "export.json")}
+    _assert_error(capsys, _export(run, "--export-batch", batch), 2, f"export.batch must be >= 1 (got {batch})")
+    assert {name: (run / name).read_bytes() for name in before} == before
+
+
+def test_a_stage_stopped_after_the_onnx_is_rewritten_marks_export_json_failed(student_runs, tmp_path, capsys):
+    # the new batch-4 model.onnx is written before the data is read; the old export.json (batch 1) must not
+    # be left to describe it, or om builds the new model and deploy runs it with the old batch
+    run = tmp_path / "run"
+    shutil.copytree(student_runs["tinycnn"], run)
+    assert _export(run) == 0
+    capsys.readouterr()
+    code = _export(run, "--export-batch", "4", "--data-dir", str(tmp_path / "nowhere"))
+    _assert_error(capsys, code, 2, "takes no --data-dir")
+    record = json.loads((run / "export.json").read_text())
+    assert record["failed"] == "export" and "takes no --data-dir" in record["error"]
+    assert main(["om", "--run", str(run), "--sim"]) == 2
+    assert "the last export failed" in capsys.readouterr().err
+    assert main(["deploy", "--run", str(run), "--board", "nowhere"]) == 2
+    assert "the last export failed" in capsys.readouterr().err
+    assert main(["verify", "--run", str(run)]) == 2
+    assert "the last export failed" in capsys.readouterr().err
+
+
+def test_a_run_folder_that_cannot_be_created_is_one_line(student_runs, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(student_runs["tinycnn"], run)
+    assert _export(run) == 0
+    capsys.readouterr()
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    for target in (a_file, a_file / "sub"):
+        code = main(["export", "--onnx", str(run / "model.onnx"), "--run", str(target)])
+        _assert_error(capsys, code, 2, str(target))

@@ -275,3 +275,37 @@ def test_real_atc_builds_model_om(tmp_path):
     run = make_run(tmp_path / "run")
     record = build_om(run, OmConfig(sim=False))
     assert record["success"] and (run / "model.om").read_bytes()[:4] == b"IMOD"
+
+
+@pytest.mark.parametrize("timeout", ["0", "-1"])
+def test_a_timeout_below_one_second_is_refused_before_atc_runs_and_keeps_the_old_om(tmp_path, capsys, timeout):
+    run = make_run(tmp_path / "run")
+    assert om("--run", run, "--sim") == 0
+    before = (run / "model.om").read_bytes()
+    capsys.readouterr()
+    assert om("--run", run, "--sim", "--timeout", timeout) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "must be a positive number of seconds" in err[0]
+    assert (run / "model.om").read_bytes() == before
+
+
+@pytest.mark.parametrize("arg", ["--atc-arg=--output={elsewhere}", "--atc-arg=-model={elsewhere}.onnx"])
+def test_atc_args_that_move_the_model_or_the_output_are_refused(tmp_path, capsys, arg):
+    run = make_run(tmp_path / "run")
+    assert om("--run", run, "--sim") == 0
+    capsys.readouterr()
+    elsewhere = tmp_path / "elsewhere"
+    assert om("--run", run, "--sim", arg.format(elsewhere=elsewhere)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "atlas-kd sets --model and --output itself" in err[0]
+    assert (run / "model.om").is_file() and not Path(f"{elsewhere}.om").exists()
+    assert leftovers(run) == []
+
+
+def test_a_run_folder_that_is_a_file_is_one_line(tmp_path, capsys):
+    model = make_run(tmp_path / "run") / "model.onnx"
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    assert om("--onnx", model, "--run", a_file / "sub", "--sim") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot create the run folder" in err[0]

@@ -7,6 +7,7 @@ from atlas.cli import main
 from atlas.config import VerifyConfig
 from atlas.errors import UserError
 from atlas.verify import compare, judge
+from conftest import run_cli_as_nobody
 
 
 def _run(tmp_path, outputs, reference, labels):
@@ -108,3 +109,39 @@ def test_missing_inputs_are_one_line_naming_the_stage(tmp_path, golden, capsys, 
     assert main(["verify", "--run", str(run)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and missing.split("/")[-1] in err[0] and stage in err[0]
+
+
+def test_a_failed_last_deploy_is_not_verified_against_older_outputs(tmp_path, golden, capsys):
+    # board/ still holds an earlier deploy's outputs; deploy.json says the last one failed
+    reference, labels = golden
+    run = _run(tmp_path, reference.copy(), reference, labels)
+    (run / "deploy.json").write_text(json.dumps({"boards": [{"board": "b", "status": "error", "local_dir": "board",
+                                                             "error": "the app failed", "exit_code": 1}]}))
+    assert main(["verify", "--run", str(run)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "the last deploy failed" in err[0]
+    assert not (run / "verify.json").exists()
+    assert main(["verify", "--run", str(run), "--board-dir", str(run / "board")]) == 0
+
+
+def test_hand_edited_records_that_are_not_objects_do_not_crash_the_report(tmp_path, golden, capsys):
+    reference, labels = golden
+    run = _run(tmp_path, reference.copy(), reference, labels)
+    for name in ("export.json", "deploy.json", "train.json"):
+        (run / name).write_text("[1, 2]")
+    assert main(["verify", "--run", str(run)]) == 0
+    assert "PASS" in (run / "report.md").read_text()
+
+
+def test_an_unwritable_run_folder_is_one_line_and_nothing_is_written(golden, public_tmp):
+    reference, labels = golden
+    run = _run(public_tmp / "run", reference.copy(), reference, labels)
+    for path in (run, run / "golden", run / "board"):
+        path.chmod(0o755)
+    for path in (run / "golden" / "reference.npy", run / "golden" / "labels.npy", run / "board" / "outputs.npy"):
+        path.chmod(0o644)
+    done = run_cli_as_nobody("verify", "--run", str(run))
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == [f"atlas-kd verify: error: {run} is not writable: verify writes "
+                                                "verify.json, report.md and confusion.png there; fix its permissions"]
+    assert not (run / "board" / "confusion.png").exists()
