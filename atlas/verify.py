@@ -16,7 +16,7 @@ import numpy as np
 
 from atlas.config import Config, VerifyConfig, add_config_arguments, config_from_args
 from atlas.errors import UserError
-from atlas.fileio import atomic_path, read_json, write_json, write_text
+from atlas.fileio import atomic_path, read_json, sha256_file, write_json, write_text
 
 
 def compare(outputs: np.ndarray, reference: np.ndarray, labels: np.ndarray) -> dict:
@@ -83,13 +83,30 @@ def board_dirs(run_dir: Path, board_dir: str | None) -> list[Path]:
     if deploy_json.exists():
         record = read_json(deploy_json)
         boards = record.get("boards", []) if isinstance(record, dict) else []
-        dirs = [run_dir / b["local_dir"] for b in boards if b.get("status") == "ok"]
-        if dirs:
-            return dirs
+        ok = [b for b in boards if b.get("status") == "ok"]
+        if ok:
+            for entry in ok:
+                _check_deployed_files_are_current(run_dir, entry)
+            return [run_dir / b["local_dir"] for b in ok]
         if boards:  # board/ may still hold an earlier deploy's outputs: they are not this model's
             raise UserError(f"{deploy_json}: the last deploy failed ({boards[0].get('error', 'see deploy.json')}); "
                             "deploy again (make deploy), or pass --board-dir DIR with outputs you trust")
     return [run_dir / "board"]
+
+
+def _check_deployed_files_are_current(run_dir: Path, entry: dict) -> None:
+    """A board's outputs answer the model.om and inputs.npy that deploy sent (deploy.json keeps their sha256):
+    if either has been rebuilt or re-exported since, golden/ and the outputs no longer belong together."""
+    export = _optional(run_dir, "export.json") or {}
+    current = {"model.om": run_dir / "model.om",
+               "inputs.npy": run_dir / ((export.get("board_input") or {}).get("path") or "golden/inputs.npy")}
+    for upload in entry.get("uploads") or []:
+        local = current.get(upload.get("file"))
+        if local is not None and local.is_file() and upload.get("sha256") and sha256_file(local) != upload["sha256"]:
+            what = "built again" if upload["file"] == "model.om" else "exported again"
+            raise UserError(f"{run_dir / entry['local_dir']}: the board ran an earlier {upload['file']} ({local} was "
+                            f"{what} since): deploy again (make deploy), or pass --board-dir DIR with outputs you "
+                            "trust")
 
 
 def verify(run_dir: str | Path, cfg: Config, board_dir: str | None = None) -> dict:

@@ -123,3 +123,19 @@ def test_a_model_om_built_before_the_last_export_is_refused(demo_run, tmp_path, 
     assert main(["deploy", "--run", str(run), "--board", "nowhere"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "built from another ONNX than the current export" in err[0] and "make om" in err[0]
+
+
+def test_outputs_from_a_deploy_of_an_earlier_model_or_inputs_are_not_verified(demo_run, board, tmp_path, capsys):
+    run = copy_run(demo_run, tmp_path / "demo")
+    assert deploy(run, board) == 0, capsys.readouterr().err
+    capsys.readouterr()
+    for changed, what in (("golden/inputs.npy", "exported again"), ("model.om", "built again")):
+        original = (run / changed).read_bytes()
+        (run / changed).write_bytes(original + b"\0")  # re-exported / rebuilt since the deploy
+        assert main(["verify", "--run", str(run)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"the board ran an earlier {Path(changed).name}" in err[0] and what in err[0], err
+        assert main(["verify", "--run", str(run), "--board-dir", str(run / "board")]) == 0  # the user vouches
+        capsys.readouterr()
+        (run / changed).write_bytes(original)
+    assert main(["verify", "--run", str(run)]) == 0
