@@ -22,6 +22,7 @@ import atlas.board
 from atlas.config import Config, DeployConfig, add_config_arguments, config_from_args
 from atlas.errors import UserError
 from atlas.fileio import read_json, write_json, write_text
+from atlas.om_stage import read_export
 from atlas.sim import sim_om
 from atlas.ssh import BoardSession, RemoteCommandError, add_ssh_arguments, address_from_args
 
@@ -92,13 +93,9 @@ class Bundle:
 
 
 def load_bundle(run_dir: Path, cfg: DeployConfig) -> Bundle:
-    export = read_json(run_dir / "export.json") if (run_dir / "export.json").exists() else None
-    if export is None:
+    if not (run_dir / "export.json").exists():
         raise UserError(f"{run_dir}/export.json not found: run the export stage first (make onnx)")
-    if not isinstance(export, dict) or export.get("failed") or "board_input" not in export or "input" not in export:
-        why = f"the last export failed ({export['failed']})" if isinstance(export, dict) and export.get("failed") \
-            else "it is not the record of a finished export"
-        raise UserError(f"{run_dir}/export.json: {why}: run the export stage again (make onnx), then make om")
+    export = read_export(run_dir, required=True)
     for folder in (run_dir, run_dir / "board"):  # checked before the board does any work for nothing
         if folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):
             raise UserError(f"{folder} is not writable: deploy fetches the board's outputs and writes deploy.json "

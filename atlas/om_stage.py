@@ -158,6 +158,7 @@ def build_om(run_dir: str | Path, cfg: OmConfig, *, onnx_path: str | Path | None
 
 
 def read_export(run_dir: Path, required: bool) -> dict[str, Any] | None:
+    """The run's export.json, refused unless it records a finished export (om and deploy build on it)."""
     path = run_dir / "export.json"
     if not path.is_file():
         if required:
@@ -165,12 +166,14 @@ def read_export(run_dir: Path, required: bool) -> dict[str, Any] | None:
                             "or convert your own model with --onnx MODEL.onnx")
         return None
     export = read_json(path)
-    if not isinstance(export, dict):
-        raise UserError(f"{path}: expected a JSON object; re-run `atlas-kd export --run {run_dir}`")
-    if export.get("failed"):
-        raise UserError(f"{path}: the last export failed ({export['failed']}): fix it and re-run "
-                        f"`atlas-kd export --run {run_dir}` (make onnx) before building the .om")
-    return export
+    if isinstance(export, dict) and export.get("failed"):
+        why = f"the last export failed ({export['failed']})"
+    elif not isinstance(export, dict) or not {"onnx", "input", "board_input"} <= export.keys():
+        why = "it is not the record of a finished export"
+    else:
+        return export
+    raise UserError(f"{path}: {why}: fix it and re-run `atlas-kd export --run {run_dir}` (make onnx), then the "
+                    "stages after it")
 
 
 def lint_or_fail(onnx_path: Path) -> None:

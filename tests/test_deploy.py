@@ -104,7 +104,7 @@ def test_an_export_json_of_a_failed_export_is_one_line(demo_run, tmp_path, capsy
 def test_an_unwritable_run_folder_is_refused_before_the_board_is_contacted(public_tmp):
     run = public_tmp / "run"
     run.mkdir()
-    (run / "export.json").write_text(json.dumps({"input": {"shape": [1, 1, 28, 28]},
+    (run / "export.json").write_text(json.dumps({"onnx": {}, "input": {"shape": [1, 1, 28, 28]},
                                                  "board_input": {"path": "golden/inputs.npy"}}))
     run.chmod(0o555)
     done = run_cli_as_nobody("deploy", "--run", str(run), "--board", "nowhere.invalid")
