@@ -75,8 +75,9 @@ def _load(path: Path, what: str, stage: str) -> np.ndarray:
         raise UserError(f"{path}: not a readable .npy ({e})") from None
 
 
-def board_dirs(run_dir: Path, board_dir: str | None) -> list[Path]:
-    """The folders holding a board's outputs: --board-dir, else those deploy.json lists, else board/."""
+def board_dirs(run_dir: Path, board_dir: str | None, inputs: Path | None = None) -> list[Path]:
+    """The folders holding a board's outputs: --board-dir, else those deploy.json lists (refused if deploy sent
+    another model.om or `inputs` than the current ones), else board/."""
     if board_dir:
         return [Path(board_dir)]
     deploy_json = run_dir / "deploy.json"
@@ -86,7 +87,7 @@ def board_dirs(run_dir: Path, board_dir: str | None) -> list[Path]:
         ok = [b for b in boards if b.get("status") == "ok"]
         if ok:
             for entry in ok:
-                _check_deployed_files_are_current(run_dir, entry)
+                _check_deployed_files_are_current(run_dir, entry, inputs or run_dir / "golden" / "inputs.npy")
             return [run_dir / b["local_dir"] for b in ok]
         if boards:  # board/ may still hold an earlier deploy's outputs: they are not this model's
             raise UserError(f"{deploy_json}: the last deploy failed ({boards[0].get('error', 'see deploy.json')}); "
@@ -94,12 +95,10 @@ def board_dirs(run_dir: Path, board_dir: str | None) -> list[Path]:
     return [run_dir / "board"]
 
 
-def _check_deployed_files_are_current(run_dir: Path, entry: dict) -> None:
+def _check_deployed_files_are_current(run_dir: Path, entry: dict, inputs: Path) -> None:
     """A board's outputs answer the model.om and inputs.npy that deploy sent (deploy.json keeps their sha256):
     if either has been rebuilt or re-exported since, golden/ and the outputs no longer belong together."""
-    export = _optional(run_dir, "export.json") or {}
-    current = {"model.om": run_dir / "model.om",
-               "inputs.npy": run_dir / ((export.get("board_input") or {}).get("path") or "golden/inputs.npy")}
+    current = {"model.om": run_dir / "model.om", "inputs.npy": inputs}
     for upload in entry.get("uploads") or []:
         local = current.get(upload.get("file"))
         if local is not None and local.is_file() and upload.get("sha256") and sha256_file(local) != upload["sha256"]:
@@ -117,7 +116,9 @@ def verify(run_dir: str | Path, cfg: Config, board_dir: str | None = None) -> di
                         "belong to the model: export again (make onnx), then om and deploy")
     reference = _load(run_dir / "golden" / "reference.npy", "the reference", "the export stage (make onnx)")
     labels = _load(run_dir / "golden" / "labels.npy", "the labels", "the export stage (make onnx)")
-    folders = board_dirs(run_dir, board_dir)
+    board_input = (export or {}).get("board_input")
+    inputs = run_dir / board_input["path"] if isinstance(board_input, dict) and "path" in board_input else None
+    folders = board_dirs(run_dir, board_dir, inputs)
     for folder in [run_dir, *folders]:  # checked first: a report half written is worse than none
         if folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):
             raise UserError(f"{folder} is not writable: verify writes verify.json, report.md and confusion.png "
