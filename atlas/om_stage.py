@@ -51,7 +51,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.inspect:
+        others = [name for name, given in (("--run", args.run), ("--onnx", args.onnx), ("--on-board", args.on_board))
+                  if given]
+        if others:
+            raise UserError(f"--inspect reads the one .om it names and builds nothing: drop {', '.join(others)} (or "
+                            "--inspect, to build)")
         return _inspect(args.inspect, as_json=args.json)
+    if args.json:
+        raise UserError("--json goes with --inspect FILE.om (the build writes atc.json in the run folder)")
     if not args.run and not args.onnx:
         raise UserError("give --run runs/NAME (after `atlas-kd export`), --onnx MODEL.onnx, or --inspect FILE.om")
     run_dir = Path(args.run) if args.run else Path(args.onnx).parent

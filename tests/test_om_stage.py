@@ -243,6 +243,19 @@ def test_no_run_no_onnx_no_inspect_is_one_clear_line(capsys):
 # --- --inspect ----------------------------------------------------------------------------------------------
 
 @pytest.mark.skipif(not FIXTURE.exists(), reason="real .om fixture not present (../shared/fixtures/om)")
+@pytest.mark.parametrize("extra, message", [(["--run", "runs/x"], "drop --run"),
+                                            (["--on-board", "b", "--onnx", "m.onnx"], "drop --onnx, --on-board")])
+def test_inspect_with_build_options_is_one_line_not_ignored(tmp_path, capsys, extra, message):
+    run = make_run(tmp_path / "run")
+    assert om("--run", run, "--sim") == 0
+    capsys.readouterr()
+    assert om("--inspect", run / "model.om", *extra) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--inspect reads the one .om it names" in err[0] and message in err[0], err
+    assert om("--run", run, "--sim", "--json") == 2
+    assert "--json goes with --inspect" in capsys.readouterr().err
+
+
 def test_inspect_real_fixture(capsys):
     assert om("--inspect", FIXTURE) == 0
     out = capsys.readouterr().out
