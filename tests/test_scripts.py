@@ -34,7 +34,26 @@ def test_bench_widths_with_the_wrong_number_of_widths_is_one_line():
     assert "Traceback" not in result.stderr
 
 
+def test_bench_widths_keep_measures_every_allocation_prune_could_make():
+    from importlib import util
+
+    spec = util.spec_from_file_location("bench_widths", REPO / "scripts" / "bench_widths.py")
+    bench = util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    # LeNet-5's 6 and 16 channels, 11 kept, each layer >= 25 % of its width (2 and 4)
+    assert bench.keep_allocations((6, 16), 11) == [(2, 9), (3, 8), (4, 7), (5, 6), (6, 5)]
+    assert bench.keep_allocations((8, 16, 32), 28)[:2] == [(2, 4, 22), (2, 5, 21)]
+    assert len(bench.keep_allocations((8, 16, 32), 28)) == 81
+    result = _script("bench_widths.py", "--model", "lenet5", "--widths", "6,16", "3,8", "--keep", "11", "--top", "2",
+                     "--batch", "1", "--rounds", "1")
+    assert result.returncode == 0, result.stderr
+    rows = [line.split()[0] for line in result.stdout.splitlines() if line.strip()[:1].isdigit()]
+    assert rows[:2] == ["6,16", "3,8"] and len(rows) == 4 and set(rows[2:]) <= {"2,9", "4,7", "5,6", "6,5"}
+    assert "--keep 11: 5 allocations measured" in result.stdout
+
+
 @pytest.mark.parametrize("args, message", [
+    (["--keep", "40"], "--keep 40: no allocation of that many channels"),
     (["--rounds", "0"], "--rounds: expected a whole number >= 1"),
     (["--batch", "0"], "--batch: expected a whole number >= 1"),
     (["--shape", "1,4,4"], "at shape (1, 4, 4): Calculated padded input size"),
