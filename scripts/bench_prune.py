@@ -16,6 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from atlas.errors import UserError  # noqa: E402
 from training import checkpoint  # noqa: E402
 from training.prune_stage import onnx_latency_ms, round_ratios  # noqa: E402
 
@@ -26,8 +27,13 @@ def main() -> int:
     parser.add_argument("--pruned", help="folder with the pruned student.pt (default <run>/pruned)")
     parser.add_argument("--rounds", type=int, default=9)
     args = parser.parse_args()
-    original, payload = checkpoint.load_model(Path(args.run) / "student.pt")
-    pruned, _ = checkpoint.load_model(Path(args.pruned or Path(args.run) / "pruned") / "student.pt")
+    if args.rounds < 1:
+        parser.error(f"--rounds must be >= 1, got {args.rounds}")
+    try:
+        original, payload = checkpoint.load_model(Path(args.run) / "student.pt")
+        pruned, _ = checkpoint.load_model(Path(args.pruned or Path(args.run) / "pruned") / "student.pt")
+    except UserError as e:  # a wrong folder: one line, as the CLI says it
+        parser.error(e.message)
     shape = list(payload["input_shape"])
     for batch in (1, 64):
         r = onnx_latency_ms({"unpruned": original, "pruned": pruned}, shape, batch, rounds=args.rounds)

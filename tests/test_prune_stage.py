@@ -311,6 +311,29 @@ def test_training_only_options_are_refused_not_ignored(demo_run, option, capsys)
     assert exit_.value.code == 2 and len(err) == 1 and f"unrecognized arguments: {option} 3" in err[0], err
 
 
+def test_widths_choose_each_layers_kept_channels(demo_run, tmp_path, capsys):
+    out = tmp_path / "w"
+    assert main(["prune", "--run", str(demo_run), "--widths", "2,16,10", "--epochs", "0", "--out", str(out)]) == 0
+    report = json.loads((out / "prune.json").read_text())
+    assert report["arch_after"]["kwargs"]["stages"] == [[2], [16], [10]] and report["widths_requested"] == [2, 16, 10]
+    assert report["removed_fraction"] == pytest.approx(0.5) and report["align"] == 1
+    assert "removed 50% of the conv channels: widths [8, 16, 32] -> [2, 16, 10]" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--widths", "2,16"], "--widths: tinycnn has 3 conv layers ([8, 16, 32]); give 3 widths, got 2"),
+    (["--widths", "2,16,10", "--channels", "0.5"], "drop --channels and --align"),
+    (["--widths", "2,16,10", "--align", "16"], "drop --channels and --align"),
+    (["--widths", "8,16,32"], "keeps every channel of [8, 16, 32]"),
+])
+def test_widths_that_do_not_fit_or_contradict_other_options_are_one_line(demo_run, tmp_path, args, message, capsys):
+    assert main(["prune", "--run", str(demo_run), "--epochs", "0", "--out", str(tmp_path / "x"), *args]) == 2
+    assert message in _error(capsys) and not (tmp_path / "x").exists()
+    with pytest.raises(SystemExit):
+        main(["prune", "--run", str(demo_run), "--widths", "2,x,10"])
+    assert "expected comma-separated channel counts" in capsys.readouterr().err
+
+
 def test_a_ratio_whose_rounds_hold_1_is_called_no_clear_change():
     from training.prune_stage import _ratio_with_spread
 

@@ -65,6 +65,12 @@ def test_bench_widths_bad_arguments_are_one_line(args, message):
     assert "Traceback" not in result.stderr
 
 
+def test_bench_prune_without_a_pruned_run_is_one_line(demo_run, tmp_path):
+    result = _script("bench_prune.py", "--run", str(demo_run), "--pruned", str(tmp_path / "none"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 2 and "student.pt not found" in result.stderr  # usage + error
+
+
 def test_bench_prune_compares_a_pruned_run_with_its_original(demo_run, tmp_path):
     assert cli_main(["prune", "--run", str(demo_run), "--epochs", "0", "--out", str(tmp_path / "pruned")]) == 0
     result = _script("bench_prune.py", "--run", str(demo_run), "--pruned", str(tmp_path / "pruned"), "--rounds", "1")

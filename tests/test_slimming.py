@@ -5,7 +5,7 @@ import torch
 
 from atlas.errors import UserError
 from training.models import build_model, count_parameters, make_arch
-from training.slimming import _conv_units, bn_l1_penalty, count_macs, prune_channels, select_channels
+from training.slimming import _conv_units, bn_l1_penalty, count_macs, prune_channels, select_channels, select_widths
 
 
 def _trained_like(name, shape=(1, 28, 28), **kw):
@@ -78,6 +78,28 @@ def test_lenet5_without_bn_loses_half_its_filters_by_l1_norm():
     assert set(keep[0].tolist()) == set(norms.argsort(descending=True)[:3].tolist())
     assert pruned(torch.randn(2, 1, 28, 28)).shape == (2, 10)
     assert count_macs(pruned, (1, 28, 28)) < count_macs(model, (1, 28, 28))
+
+
+def test_given_widths_keep_the_best_scored_channels_of_each_layer():
+    model, arch = _trained_like("tinycnn")
+    keep = select_widths(model, arch, [2, 16, 10])
+    assert [len(k) for k in keep] == [2, 16, 10]
+    for k, (_, bn) in zip(keep, _conv_units(model)):
+        assert set(k.tolist()) == set(bn.weight.abs().argsort(descending=True)[:len(k)].tolist())
+    pruned, new_arch, _ = prune_channels(model, arch, 0.0, widths=[2, 16, 10])
+    assert new_arch["kwargs"]["stages"] == [[2], [16], [10]] and pruned(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+    model, arch = _trained_like("lenet5")  # no BN: the filters' L1 norms
+    keep = select_widths(model, arch, [2, 9])
+    norms = model.features[0].weight.abs().sum(dim=(1, 2, 3))
+    assert set(keep[0].tolist()) == set(norms.argsort(descending=True)[:2].tolist()) and len(keep[1]) == 9
+
+
+@pytest.mark.parametrize("widths, message", [([2, 16], "has 3 conv layers"), ([2, 17, 10], "conv 2 has 16 channels"),
+                                             ([0, 16, 10], "keep between 1 and 8")])
+def test_given_widths_that_do_not_fit_the_model_are_refused(widths, message):
+    model, arch = _trained_like("tinycnn")
+    with pytest.raises(UserError, match=message):
+        select_widths(model, arch, widths)
 
 
 def test_residual_and_fully_connected_models_are_refused_clearly():

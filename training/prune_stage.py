@@ -94,15 +94,19 @@ def nonzero_parameters(model: torch.nn.Module) -> int:
 
 def prune(cfg: Config, run_dir: str | Path, out_dir: str | Path | None = None, *, fraction: float | None = None,
           epochs: int | None = None, align: int | None = None, fc_sparsity: float | None = None,
-          fc_scope: str | None = None, progress: bool = False, log=print) -> dict:
+          fc_scope: str | None = None, widths: list[int] | None = None, progress: bool = False, log=print) -> dict:
     run_dir = Path(run_dir)
     out_dir = Path(os.path.abspath(out_dir if out_dir else run_dir / "pruned"))  # no "." or ".." left
+    if widths:  # the kept widths replace the global threshold (and its rounding)
+        if fraction or (align or 1) > 1:
+            raise UserError("--widths gives each layer's kept channels itself: drop --channels and --align")
+        fraction, align = 0.0, 1
     fraction = cfg.compress.channels if fraction is None else fraction
     epochs = cfg.compress.finetune_epochs if epochs is None else epochs
     align = cfg.compress.align if align is None else align
     fc_sparsity = cfg.compress.fc_sparsity if fc_sparsity is None else fc_sparsity
     fc_scope = cfg.compress.fc_scope if fc_scope is None else fc_scope
-    _check_options(fraction, fc_sparsity, fc_scope, epochs, cfg.compress.finetune_lr)
+    _check_options(fraction, fc_sparsity, fc_scope, epochs, cfg.compress.finetune_lr, widths)
     _check_out_dir(run_dir, out_dir)
     device = resolve_device(cfg.device)  # fine-tuning's; export, latency and the checkpoint stay on the CPU
     student, payload = checkpoint.load_model(run_dir / "student.pt")
@@ -113,8 +117,8 @@ def prune(cfg: Config, run_dir: str | Path, out_dir: str | Path | None = None, *
     if cfg.student.model != arch["name"]:  # config.json goes with the pruned run; export checks the two agree
         raise UserError(f"the config names student model {cfg.student.model!r} but {run_dir}/student.pt is a "
                         f"{arch['name']!r}: drop --config (the run's own config.json is the default)")
-    widths = channel_blocks.conv_widths(student)
-    pruned, new_arch, keep, removed = _remove_channels(student, arch, fraction, align)
+    before_widths = channel_blocks.conv_widths(student)
+    pruned, new_arch, keep, removed = _remove_channels(student, arch, fraction, align, widths)
     if fc_sparsity and not linear_weights(pruned):
         raise UserError(f"--fc-sparsity: {arch['name']} has no fully-connected layer to prune")
     teacher_path = run_dir / "teacher.pt"
@@ -130,8 +134,8 @@ def prune(cfg: Config, run_dir: str | Path, out_dir: str | Path | None = None, *
     fc_masks = _fc_masks(pruned, fc_sparsity, fc_scope)
     keep_fc_zero = keep_masked(fc_masks) if fc_masks else None
     acc_before, acc_pruned = accuracy(student, test_split), accuracy(pruned, test_split)
-    done = [f"removed {removed:.0%} of the conv channels: widths {widths} -> {[len(k) for k in keep]}"] if fraction \
-        else []
+    done = [f"removed {removed:.0%} of the conv channels: widths {before_widths} -> {[len(k) for k in keep]}"] \
+        if removed else []
     if fc_masks:
         done.append(f"{100 * sparsity_of(linear_weights(pruned)):.1f} % of the FC weights are zero"
                     + (f" ({fc_scope} magnitude)" if fc_sparsity else " (from an earlier pruning; kept zero)"))
@@ -162,6 +166,7 @@ def prune(cfg: Config, run_dir: str | Path, out_dir: str | Path | None = None, *
     after["accuracy_before_finetune"] = acc_pruned
     report = {
         "source": str(run_dir), "arch_before": arch, "arch_after": new_arch, "fraction": fraction,
+        "widths_requested": list(widths) if widths else None,
         "align": align, "removed_fraction": removed,
         "fc_sparsity": {"target": fc_sparsity, "scope": fc_scope if fc_sparsity else None,
                         "measured": sparsity_of(linear_weights(pruned)),
@@ -211,16 +216,17 @@ def prune(cfg: Config, run_dir: str | Path, out_dir: str | Path | None = None, *
     return report
 
 
-def _check_options(fraction: float, fc_sparsity: float, fc_scope: str, epochs: int, lr: float) -> None:
+def _check_options(fraction: float, fc_sparsity: float, fc_scope: str, epochs: int, lr: float,
+                   widths: list[int] | None = None) -> None:
     if not 0.0 <= fraction < 1.0:
         raise UserError(f"--channels must be a fraction in [0, 1), got {fraction}")
     if not 0.0 <= fc_sparsity < 1.0:
         raise UserError(f"--fc-sparsity must be a fraction in [0, 1), got {fc_sparsity}")
     if fc_scope not in ("global", "layer"):
         raise UserError(f"--fc-scope must be 'global' or 'layer', got {fc_scope!r}")
-    if fraction == 0 and fc_sparsity == 0:
-        raise UserError("nothing to prune: give --channels FRACTION (conv channels) and/or --fc-sparsity FRACTION "
-                        "(FC weights)")
+    if fraction == 0 and fc_sparsity == 0 and not widths:
+        raise UserError("nothing to prune: give --channels FRACTION or --widths W1,W2,... (conv channels) and/or "
+                        "--fc-sparsity FRACTION (FC weights)")
     if epochs < 0:
         raise UserError(f"fine-tuning epochs must be >= 0, got {epochs}")
     if not (math.isfinite(lr) and lr > 0):
@@ -304,14 +310,19 @@ def _fc_masks(model: torch.nn.Module, sparsity: float, scope: str) -> dict[str, 
     return masks
 
 
-def _remove_channels(student: torch.nn.Module, arch: dict, fraction: float, align: int):
-    """(pruned copy, its arch, kept channel indices per conv, fraction of channels removed); fraction 0 keeps
-    every channel of any architecture (FC sparsity only); a fraction that removes nothing is refused."""
+def _remove_channels(student: torch.nn.Module, arch: dict, fraction: float, align: int,
+                     kept_widths: list[int] | None = None):
+    """(pruned copy, its arch, kept channel indices per conv, fraction of channels removed); fraction 0 and no
+    kept_widths keeps every channel of any architecture (FC sparsity only); removing nothing is refused."""
     widths = channel_blocks.conv_widths(student)
-    if not fraction:
+    if not fraction and not kept_widths:
         return copy.deepcopy(student).eval(), arch, [torch.arange(w) for w in widths], 0.0
-    pruned, new_arch, keep = prune_channels(student, arch, fraction, align)  # refuses unprunable models early
+    # refuses unprunable models early
+    pruned, new_arch, keep = prune_channels(student, arch, fraction, align, widths=kept_widths)
     removed = 1 - sum(len(k) for k in keep) / sum(widths)
+    if removed == 0 and kept_widths:
+        raise UserError(f"--widths {','.join(map(str, kept_widths))} keeps every channel of {widths}: give smaller "
+                        "widths")
     if removed == 0 and align > 1:
         raise UserError(f"--align {align} rounds every layer of {widths} back to its full width, so nothing would "
                         f"be removed: use a smaller --align or a larger --channels")
@@ -383,9 +394,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "weights only")
     parser.add_argument("--fc-scope", choices=["global", "layer"],
                         help="rank FC weights across all FC layers (global, default) or prune each layer alike")
+    parser.add_argument("--widths", type=_widths, metavar="W1,W2,...",
+                        help="keep this many channels in each conv instead of --channels' global threshold (the "
+                        "best-scored ones of each layer), e.g. an allocation scripts/bench_widths.py --keep found fast")
     parser.add_argument("--out", metavar="DIR", help="where the pruned run goes (default <run>/pruned)")
     # slim and pmw_strength shape training (atlas-kd train); prune's fine-tuning is plain SGD, so it takes neither
     add_config_arguments(parser, sections=["data", "compress"], exclude=("compress.slim", "compress.pmw_strength"))
+
+
+def _widths(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated channel counts, e.g. 2,16,10; got {text!r}") from None
+    if min(values) < 1:
+        raise argparse.ArgumentTypeError(f"every width must be >= 1, got {text!r}")
+    return values
 
 
 def run(args: argparse.Namespace) -> int:
@@ -393,5 +417,5 @@ def run(args: argparse.Namespace) -> int:
     if not (run_dir / "config.json").exists() and args.config is None:
         raise UserError(f"{run_dir} has no config.json: train first (atlas-kd train --run {run_dir})")
     prune(config_from_args(args, run_dir), run_dir, args.out, fraction=args.channels, epochs=args.epochs,
-          align=args.align, fc_sparsity=args.fc_sparsity, fc_scope=args.fc_scope)
+          align=args.align, fc_sparsity=args.fc_sparsity, fc_scope=args.fc_scope, widths=args.widths)
     return 0

@@ -78,7 +78,7 @@ def select_channels(model: nn.Module, arch: dict, fraction: float, align: int = 
         # |gamma| divided by its layer's mean: without the L1 term, scale factors differ in size from layer to
         # layer, and one raw global threshold emptied whole early layers (measured: tinycnn on MNIST kept
         # widths [1, 1, 28] of [8, 16, 32]). Within a layer the order is still that of |gamma|.
-        scores = [bn.weight.detach().abs() / bn.weight.detach().abs().mean().clamp_min(1e-12) for _, bn in units]
+        scores = [_scores(conv, bn) / _scores(conv, bn).mean().clamp_min(1e-12) for conv, bn in units]
         everything = torch.cat(scores)
         n_remove = int(round(fraction * everything.numel()))
         # the global threshold: the n_remove-th smallest score; ties broken by position for an exact count
@@ -96,7 +96,7 @@ def select_channels(model: nn.Module, arch: dict, fraction: float, align: int = 
     else:
         scores, keep = [], []
         for conv, _ in units:
-            scores.append(conv.weight.detach().abs().sum(dim=(1, 2, 3)))
+            scores.append(_scores(conv, None))
             n_keep = max(1, conv.out_channels - int(round(fraction * conv.out_channels)))
             keep.append(scores[-1].argsort(descending=True, stable=True)[:n_keep].sort().values)
     if align > 1:
@@ -104,6 +104,30 @@ def select_channels(model: nn.Module, arch: dict, fraction: float, align: int = 
         keep = [s.argsort(descending=True, stable=True)[:_aligned(len(k), len(s), align, floor)].sort().values
                 for k, s in zip(keep, scores)]
     return keep
+
+
+def select_widths(model: nn.Module, arch: dict, widths: list[int]) -> list[torch.Tensor]:
+    """Sorted indices of the channels each conv keeps when the kept widths are given, layer by layer (e.g. an
+    allocation measured fast on the target with scripts/bench_widths.py --keep): the best-scored channels of
+    each layer, scored as select_channels does (|gamma| with BN, else the filter's L1 norm)."""
+    _check_prunable(model, arch)
+    units = _conv_units(model)
+    have = [conv.out_channels for conv, _ in units]
+    if len(widths) != len(have):
+        raise UserError(f"--widths: {arch['name']} has {len(have)} conv layers ({have}); give {len(have)} widths, "
+                        f"got {len(widths)} ({list(widths)})")
+    for i, (w, n) in enumerate(zip(widths, have)):
+        if not 1 <= w <= n:
+            raise UserError(f"--widths: conv {i + 1} has {n} channels; keep between 1 and {n} of them, got {w}")
+    return [_scores(conv, bn).argsort(descending=True, stable=True)[:w].sort().values
+            for (conv, bn), w in zip(units, widths)]
+
+
+def _scores(conv: nn.Conv2d, bn: nn.BatchNorm2d | None) -> torch.Tensor:
+    """How much each output channel matters within its layer: |gamma| after a BN, else the filter's L1 norm."""
+    if bn is not None:
+        return bn.weight.detach().abs()
+    return conv.weight.detach().abs().sum(dim=(1, 2, 3))
 
 
 def _aligned(n: int, width: int, align: int, floor: float = 0.0) -> int:
@@ -124,10 +148,11 @@ def _pruned_arch(arch: dict, model: nn.Module, widths: list[int]) -> dict:
 
 
 @torch.no_grad()
-def prune_channels(model: nn.Module, arch: dict, fraction: float,
-                   align: int = 1) -> tuple[nn.Module, dict, list[torch.Tensor]]:
-    """A new, smaller model with `fraction` of the conv channels removed, and its arch dict."""
-    keep = select_channels(model, arch, fraction, align)
+def prune_channels(model: nn.Module, arch: dict, fraction: float, align: int = 1,
+                   widths: list[int] | None = None) -> tuple[nn.Module, dict, list[torch.Tensor]]:
+    """A new, smaller model with `fraction` of the conv channels removed (or with these kept `widths`), its
+    arch dict, and the kept channel indices per conv."""
+    keep = select_widths(model, arch, widths) if widths else select_channels(model, arch, fraction, align)
     new_arch = _pruned_arch(arch, model, [len(k) for k in keep])
     pruned = build_model(new_arch)
     old_units, new_units = _conv_units(model), _conv_units(pruned)
