@@ -12,13 +12,11 @@ import shutil
 import time
 from pathlib import Path
 
-import numpy as np
-
 from atlas.config import Config, add_config_arguments, config_from_args, default_run_dir, make_run_dir
 from atlas.errors import UserError
 from atlas.fileio import atomic_path, sha256_file, write_json
 from export import lint
-from export.onnx_export import INPUT_NAME, OUTPUT_NAME, export_onnx
+from export.onnx_export import export_onnx
 from export.reference import onnx_session, parity, run_onnx, torch_logits, write_golden
 from export.simplify import simplify_onnx
 
@@ -29,7 +27,7 @@ _UNUSABLE = lint.UNREADABLE_RULES | {"external-data-outside-folder", "external-d
 def export(cfg: Config, run_dir: str | Path, *, checkpoint_path: str | Path | None = None,
            onnx_path: str | Path | None = None, log=print) -> dict:
     from training import checkpoint
-    from training.data import dataset_info
+    from training.data import dataset_info, load_dataset, normalize
 
     run_dir = Path(run_dir)
     if cfg.export.batch < 1:  # checked before anything is written: a batch-0 model would replace a good one
@@ -61,90 +59,89 @@ def export(cfg: Config, run_dir: str | Path, *, checkpoint_path: str | Path | No
             shutil.copyfile(onnx_path, tmp)
     timings["export_s"] = time.perf_counter() - t0
     failure = {"source": source, "failed": "export"}  # what export.json says if the stage stops from here on
-    try:
-        return _finish(cfg, run_dir, raw_path, model_path, model, source, dataset_name, normalization, timings,
-                       t0, failure, log)
-    except BaseException as e:
-        # model.raw.onnx is new now: an earlier export.json would describe another model (and om and deploy
-        # would trust it), so a stage that stops from here on leaves a record that says it failed
-        failure["error"] = e.message if isinstance(e, UserError) else f"{type(e).__name__}: {e}".rstrip(": ")
-        with contextlib.suppress(OSError):
-            write_json(run_dir / "export.json", failure)
-        raise
-
-
-def _finish(cfg: Config, run_dir: Path, raw_path: Path, model_path: Path, model, source: dict, dataset_name: str,
-            normalization: dict, timings: dict[str, float], t0: float, failure: dict, log) -> dict:
-    from training.data import load_dataset, normalize
-
-    t = time.perf_counter()
-    if cfg.export.simplify:
-        sizes = simplify_onnx(raw_path, model_path)
-    else:
-        with atomic_path(model_path, suffix=".onnx") as tmp:
-            shutil.copyfile(raw_path, tmp)
-        sizes = None
-    timings["simplify_s"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    findings = lint.lint_file(model_path)
-    timings["lint_s"] = time.perf_counter() - t
-    lint_report = lint.report_dict(findings, model_path.name)
-    if lint.has_errors(findings):
-        failure.update(lint=lint_report, failed="lint")
-        log(lint.format_findings(findings, model_path))
-        raise UserError(f"{model_path}: lint found {lint_report['summary']['errors']} error(s) that ATC would refuse "
-                        "(listed above); fix the model and export again", exit_code=1)
-
-    t = time.perf_counter()
-    session = onnx_session(model_path)
-    io_in, io_out = session.get_inputs()[0], session.get_outputs()[0]
-    data = load_dataset(dataset_name, cfg.data.dir or None, progress=False)
-    count = min(cfg.export.golden_count, len(data.test_labels))
-    if count < 1:
-        raise UserError(f"export.golden_count must be >= 1 (got {cfg.export.golden_count})")
-    images, labels = data.test_images[:count], data.test_labels[:count]
-    inputs = normalize(images, normalization["mean"], normalization["std"])
-    reference = run_onnx(session, inputs)
-    timings["reference_s"] = time.perf_counter() - t
-
-    parity_report = None
-    if model is not None:
+    with _failure_recorded(run_dir / "export.json", failure):
         t = time.perf_counter()
-        parity_report = parity(torch_logits(model, inputs), reference)
-        parity_report["atol"] = cfg.export.parity_atol
-        parity_report["passed"] = parity_report["max_abs_diff"] <= cfg.export.parity_atol and parity_report["top1_identical"]
-        timings["parity_s"] = time.perf_counter() - t
-        if not parity_report["passed"]:
-            raise UserError(f"torch and onnxruntime disagree on the golden set (max |diff| "
-                            f"{parity_report['max_abs_diff']:.2e} > {cfg.export.parity_atol:g}, or top-1 differs); "
-                            "the export is not faithful", exit_code=1)
+        if cfg.export.simplify:
+            sizes = simplify_onnx(raw_path, model_path)
+        else:
+            with atomic_path(model_path, suffix=".onnx") as tmp:
+                shutil.copyfile(raw_path, tmp)
+            sizes = None
+        timings["simplify_s"] = time.perf_counter() - t
 
-    aipp = cfg.om.aipp
-    board_inputs = images if aipp else inputs  # AIPP normalises on chip: the board gets the raw uint8 pixels
-    golden = write_golden(run_dir / "golden", board_inputs=board_inputs, labels=labels, reference=reference)
-    accuracy = float((reference.argmax(1) == labels).mean())
-    timings["total_s"] = time.perf_counter() - t0
-    report = {
-        "source": source,
-        "dataset": dataset_name,
-        "onnx": {"path": model_path.name, "raw_path": raw_path.name, "opset": _opset(model_path),
-                 "bytes": model_path.stat().st_size, "raw_bytes": raw_path.stat().st_size,
-                 "sha256": sha256_file(model_path), "simplify": sizes},
-        "input": {"name": io_in.name, "shape": list(io_in.shape), "dtype": "float32", "layout": "NCHW"},
-        "output": {"name": io_out.name, "shape": list(io_out.shape)},
-        "normalization": {"mean": list(normalization["mean"]), "std": list(normalization["std"])},
-        "board_input": {"path": golden["inputs"], "dtype": str(board_inputs.dtype),
-                        "layout": "NHWC" if aipp else "NCHW", "aipp": aipp},
-        "golden": golden,
-        "reference_accuracy": accuracy,
-        "parity": parity_report,
-        "lint": lint_report,
-        "timings_s": timings,
-    }
-    write_json(run_dir / "export.json", report)
+        t = time.perf_counter()
+        findings = lint.lint_file(model_path)
+        timings["lint_s"] = time.perf_counter() - t
+        lint_report = lint.report_dict(findings, model_path.name)
+        if lint.has_errors(findings):
+            failure.update(lint=lint_report, failed="lint")
+            log(lint.format_findings(findings, model_path))
+            raise UserError(f"{model_path}: lint found {lint_report['summary']['errors']} error(s) that ATC would "
+                            "refuse (listed above); fix the model and export again", exit_code=1)
+
+        t = time.perf_counter()
+        session = onnx_session(model_path)
+        io_in, io_out = session.get_inputs()[0], session.get_outputs()[0]
+        data = load_dataset(dataset_name, cfg.data.dir or None, progress=False)
+        count = min(cfg.export.golden_count, len(data.test_labels))
+        if count < 1:
+            raise UserError(f"export.golden_count must be >= 1 (got {cfg.export.golden_count})")
+        images, labels = data.test_images[:count], data.test_labels[:count]
+        inputs = normalize(images, normalization["mean"], normalization["std"])
+        reference = run_onnx(session, inputs)
+        timings["reference_s"] = time.perf_counter() - t
+
+        parity_report = None
+        if model is not None:
+            t = time.perf_counter()
+            parity_report = parity(torch_logits(model, inputs), reference)
+            parity_report["atol"] = cfg.export.parity_atol
+            parity_report["passed"] = (parity_report["max_abs_diff"] <= cfg.export.parity_atol
+                                       and parity_report["top1_identical"])
+            timings["parity_s"] = time.perf_counter() - t
+            if not parity_report["passed"]:
+                raise UserError(f"torch and onnxruntime disagree on the golden set (max |diff| "
+                                f"{parity_report['max_abs_diff']:.2e} > {cfg.export.parity_atol:g}, or top-1 differs); "
+                                "the export is not faithful", exit_code=1)
+
+        aipp = cfg.om.aipp
+        board_inputs = images if aipp else inputs  # AIPP normalises on chip: the board gets the raw uint8 pixels
+        golden = write_golden(run_dir / "golden", board_inputs=board_inputs, labels=labels, reference=reference)
+        accuracy = float((reference.argmax(1) == labels).mean())
+        timings["total_s"] = time.perf_counter() - t0
+        report = {
+            "source": source,
+            "dataset": dataset_name,
+            "onnx": {"path": model_path.name, "raw_path": raw_path.name, "opset": _opset(model_path),
+                     "bytes": model_path.stat().st_size, "raw_bytes": raw_path.stat().st_size,
+                     "sha256": sha256_file(model_path), "simplify": sizes},
+            "input": {"name": io_in.name, "shape": list(io_in.shape), "dtype": "float32", "layout": "NCHW"},
+            "output": {"name": io_out.name, "shape": list(io_out.shape)},
+            "normalization": {"mean": list(normalization["mean"]), "std": list(normalization["std"])},
+            "board_input": {"path": golden["inputs"], "dtype": str(board_inputs.dtype),
+                            "layout": "NHWC" if aipp else "NCHW", "aipp": aipp},
+            "golden": golden,
+            "reference_accuracy": accuracy,
+            "parity": parity_report,
+            "lint": lint_report,
+            "timings_s": timings,
+        }
+        write_json(run_dir / "export.json", report)
     log(format_summary(report))
     return report
+
+
+@contextlib.contextmanager
+def _failure_recorded(record_path: Path, failure: dict):
+    """model.raw.onnx is new from here on: an earlier export.json would describe another model (and om and deploy
+    would trust it), so a stage that stops inside this block leaves a record that says it failed."""
+    try:
+        yield
+    except BaseException as e:
+        failure["error"] = e.message if isinstance(e, UserError) else f"{type(e).__name__}: {e}".rstrip(": ")
+        with contextlib.suppress(OSError):
+            write_json(record_path, failure)
+        raise
 
 
 def _opset(path: Path) -> int | None:
