@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import threading
 import time
@@ -21,10 +20,10 @@ from pathlib import Path, PurePosixPath
 import atlas.board
 from atlas.config import Config, DeployConfig, add_config_arguments, config_from_args
 from atlas.errors import UserError
-from atlas.fileio import read_json, write_json, write_text
+from atlas.fileio import read_json, require_writable, write_json, write_text
 from atlas.om_stage import read_export
 from atlas.sim import sim_om
-from atlas.ssh import BoardSession, RemoteCommandError, add_ssh_arguments, address_from_args
+from atlas.ssh import BoardSession, add_ssh_arguments, address_from_args
 
 APP_DIR = Path(atlas.board.__file__).resolve().parent
 # Files that may only ever be written by the app: removed before each run so a failed run cannot leave
@@ -96,10 +95,8 @@ def load_bundle(run_dir: Path, cfg: DeployConfig) -> Bundle:
     if not (run_dir / "export.json").exists():
         raise UserError(f"{run_dir}/export.json not found: run the export stage first (make onnx)")
     export = read_export(run_dir, required=True)
-    for folder in (run_dir, run_dir / "board"):  # checked before the board does any work for nothing
-        if folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):
-            raise UserError(f"{folder} is not writable: deploy fetches the board's outputs and writes deploy.json "
-                            "there; fix its permissions")
+    # checked before the board does any work for nothing
+    require_writable([run_dir, run_dir / "board"], "deploy fetches the board's outputs and writes deploy.json there")
     model = run_dir / "model.om"
     if not model.is_file():
         raise UserError(f"{model} not found: build it first (make om, or make om SIM=1 for the sim board)")

@@ -99,6 +99,16 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
+def require_writable(folders: list[Path], purpose: str) -> None:
+    """Say so in one line, before any work, when an existing folder a stage will write into is not writable
+    (`purpose` says what goes there); a report half written is worse than none."""
+    from atlas.errors import UserError
+
+    for folder in folders:
+        if folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):
+            raise UserError(f"{folder} is not writable: {purpose}; fix its permissions")
+
+
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 
 from atlas.config import Config, VerifyConfig, add_config_arguments, config_from_args
 from atlas.errors import UserError
-from atlas.fileio import atomic_path, read_json, sha256_file, write_json, write_text
+from atlas.fileio import atomic_path, read_json, require_writable, sha256_file, write_json, write_text
 
 
 def compare(outputs: np.ndarray, reference: np.ndarray, labels: np.ndarray) -> dict:
@@ -119,10 +118,7 @@ def verify(run_dir: str | Path, cfg: Config, board_dir: str | None = None) -> di
     board_input = (export or {}).get("board_input")
     inputs = run_dir / board_input["path"] if isinstance(board_input, dict) and "path" in board_input else None
     folders = board_dirs(run_dir, board_dir, inputs)
-    for folder in [run_dir, *folders]:  # checked first: a report half written is worse than none
-        if folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):
-            raise UserError(f"{folder} is not writable: verify writes verify.json, report.md and confusion.png "
-                            "there; fix its permissions")
+    require_writable([run_dir, *folders], "verify writes verify.json, report.md and confusion.png there")
     results = []
     for folder in folders:
         outputs = _load(folder / "outputs.npy", "the board's outputs", "the deploy stage (make deploy)")
