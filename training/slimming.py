@@ -78,7 +78,7 @@ def select_channels(model: nn.Module, arch: dict, fraction: float, align: int = 
         # |gamma| divided by its layer's mean: without the L1 term, scale factors differ in size from layer to
         # layer, and one raw global threshold emptied whole early layers (measured: tinycnn on MNIST kept
         # widths [1, 1, 28] of [8, 16, 32]). Within a layer the order is still that of |gamma|.
-        scores = [_scores(conv, bn) / _scores(conv, bn).mean().clamp_min(1e-12) for conv, bn in units]
+        scores = [s / s.mean().clamp_min(1e-12) for s in (_scores(conv, bn) for conv, bn in units)]
         everything = torch.cat(scores)
         n_remove = int(round(fraction * everything.numel()))
         # the global threshold: the n_remove-th smallest score; ties broken by position for an exact count
