@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from atlas.errors import UserError
+from atlas.fileio import require_writable
 
 
 @dataclass
@@ -295,6 +295,5 @@ def make_run_dir(run_dir: str | Path) -> Path:
     except OSError as e:
         raise UserError(f"cannot create the run folder {run_dir}: {e.strerror or e} (pass --run with a folder "
                         "you can write)") from None
-    if not os.access(run_dir, os.W_OK | os.X_OK):
-        raise UserError(f"run folder {run_dir} is not writable: fix its permissions or pass --run with another folder")
+    require_writable([run_dir], "the stage writes its artifacts there (or pass --run with another folder)")
     return run_dir
