@@ -13,7 +13,7 @@ ARGS    ?=
 CLI      = $(BIN)/atlas-kd
 SIM_BOARD := demo-board
 
-.PHONY: venv train prune onnx om deploy verify all demo doctor test test-slow clean help
+.PHONY: venv sshd train prune onnx om deploy verify all demo doctor test test-slow clean help
 
 help:
 	@echo "make demo | test | train | prune | onnx | om [SIM=1] | deploy BOARD=... | verify | all   (CONFIG=$(CONFIG) RUN=$(RUN))"
@@ -28,6 +28,11 @@ $(STAMP): pyproject.toml
 	@touch $@
 
 venv: $(STAMP)
+
+# The sim board's sshd: the system's, else Debian's package unpacked into .cache/openssh (nothing installed or
+# started); one line with the command to run when none can be had.
+sshd: $(STAMP)
+	@$(BIN)/python -m atlas.sim.sshd
 
 train: $(STAMP)
 	$(CLI) train --config $(CONFIG) --run $(RUN) $(ARGS)
@@ -57,15 +62,15 @@ all: train onnx om deploy verify
 doctor: $(STAMP)
 	$(CLI) doctor $(if $(BOARD),--board $(BOARD))
 
-test: $(STAMP)
+test: sshd
 	$(BIN)/python -m pytest -q -m "not slow"
 
-test-slow: $(STAMP)
+test-slow: sshd
 	$(BIN)/python -m pytest -q -m slow
 
 # The whole road on the embedded default, board-free: atc-sim and a local sim board (sshd on 127.0.0.1 with the
 # pyACL emulator). The sim board is stopped again whatever happens.
-demo: $(STAMP)
+demo: sshd
 	$(CLI) train --config $(CONFIG) --run $(RUN) $(ARGS)
 	$(CLI) export --run $(RUN)
 	$(CLI) om --run $(RUN) --sim

@@ -31,6 +31,18 @@ epochs = 3
 """
 
 
+def pytest_sessionstart(session):
+    """The sim board's sshd, found or fetched once before any test (python -m atlas.sim.sshd); where none can be
+    had, the run stops here with one line instead of failing every sim-board test the same way."""
+    from atlas.errors import UserError
+    from atlas.sim.sshd import find_sshd
+
+    try:
+        find_sshd(fetch=True)
+    except UserError as e:
+        pytest.exit(f"atlas-kd tests: {e.message}", returncode=2)
+
+
 def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
     """`atlas-kd ARGS` in a subprocess, as a user runs it (stdout/stderr captured as text)."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}

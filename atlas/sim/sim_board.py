@@ -29,9 +29,9 @@ from pathlib import Path
 
 from atlas import fileio
 from atlas.errors import UserError
+from atlas.sim.sshd import Sshd, find_sshd, write_passwd_copy
 
 DEFAULT_NAME = "sim-board"
-SSHD = "/usr/sbin/sshd"
 HOST = "127.0.0.1"
 SIM_DIR = Path(__file__).resolve().parent  # holds the `acl` emulator package
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -111,8 +111,7 @@ def start_board(name: str = DEFAULT_NAME, state_dir: str | Path | None = None, *
     if current.running:
         current.already_running = True
         return current
-    if not os.access(SSHD, os.X_OK):
-        raise UserError(f"OpenSSH server not found at {SSHD}: install it (apt-get install -y openssh-server)")
+    sshd = find_sshd(fetch=True)
     for char in ('"', "\n", "%"):
         if char in str(state):
             raise UserError(f"sim board state folder {state}: its path may not contain {char!r} (sshd_config syntax)")
@@ -131,7 +130,7 @@ def start_board(name: str = DEFAULT_NAME, state_dir: str | Path | None = None, *
         port = previous_port if attempt == 0 and previous_port and _port_is_free(previous_port) else _free_port()
         fileio.write_text(info.sshd_config, _sshd_config(info, port, extra_config))
         log_offset = info.log.stat().st_size if info.log.exists() else 0
-        process = _spawn_sshd(info)
+        process = _spawn_sshd(info, sshd)
         if _wait_ready(process, port, timeout_s):
             break
         log_tail = _log_tail(info.log, log_offset)
@@ -274,10 +273,12 @@ def _ssh_config(info: SimBoardInfo) -> str:
             f'  UserKnownHostsFile "{info.known_hosts}"\n')
 
 
-def _spawn_sshd(info: SimBoardInfo) -> subprocess.Popen:
+def _spawn_sshd(info: SimBoardInfo, sshd: Sshd) -> subprocess.Popen:
+    passwd = write_passwd_copy(info.state_dir / "passwd") if sshd.needs_privsep_user else None
+    argv = sshd.command(["-D", "-e", "-f", str(info.sshd_config)])
     with open(info.log, "ab") as log:
         # A new session: the sshd must outlive `atlas-kd sim-board start` and its terminal.
-        process = subprocess.Popen([SSHD, "-D", "-e", "-f", str(info.sshd_config)], stdin=subprocess.DEVNULL,
+        process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, env=sshd.environment(passwd),
                                    stdout=log, stderr=log, start_new_session=True, close_fds=True)
     _children[process.pid] = process
     return process
