@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from atlas.fileio import write_text
-from atlas.sim.aipp_math import CHANNELS
+
+# model channel count per AIPP input_format (spec/atc.md §6)
+CHANNELS = {"YUV400_U8": 1, "RGB888_U8": 3, "XRGB8888_U8": 4, "YUV420SP_U8": 1}
 
 # input_format per channel count of the model input (spec §6: YUV400_U8 with CSC off is the official GRAY recipe)
 FORMAT_FOR_CHANNELS = {1: "YUV400_U8", 3: "RGB888_U8"}

@@ -32,12 +32,6 @@ CODE_RE = re.compile(r"(?<![0-9A-Za-z])([EW][0-9A-Z]\d{4}): (.*)")
 # §1: the opset-too-new signature, one line per failing node
 OPSET_RE = re.compile(r"E(?:19|Z9)010: No parser is registered for Op \[(.*?), optype \[([^:]*)::(\d+)::(\w+)\]\]")
 
-SOC_VERSIONS_310 = ("Ascend310", "Ascend310P3", "Ascend310B1", "Ascend310B4")  # §1; the 200 DK is Ascend310
-PRECISION_MODES = ("force_fp16", "force_fp32", "allow_fp32_to_fp16", "must_keep_origin_dtype", "allow_mix_precision")
-LOG_LEVELS = ("debug", "info", "warning", "error", "null")
-# ATC's own defaults (§2.2, §7): options our builder spells out even when they equal these
-ATC_DEFAULTS = {"--input_format": "NCHW", "--precision_mode": "force_fp16", "--log": "null"}
-
 TOOLKIT_ROOTS = ("/usr/local/Ascend/ascend-toolkit/latest",)
 # set_env.sh locations besides the ones found next to the toolkit (§3 Environment; the DK's user install)
 SET_ENV_SCRIPTS = ("/usr/local/Ascend/ascend-toolkit/set_env.sh", "/home/HwHiAiUser/Ascend/ascend-toolkit/set_env.sh")
@@ -550,3 +544,17 @@ def failure_summary(run: AtcRun, om_path: Path, tool: str) -> str:
 
 def command_line(cmd: Sequence[str]) -> str:
     return shlex.join(list(cmd))
+
+
+@dataclass
+class Conversion:
+    """What one ATC run left, wherever it ran: its parsed run, the .om it wrote (None when the build failed),
+    how to run it again, the environment script, and the board it ran on (None: this machine)."""
+
+    result: AtcRun
+    om_path: Path | None
+    tool: str
+    rerun: list[str]
+    env_script: str | None
+    board: str | None = None
+    remote_dir: str | None = None

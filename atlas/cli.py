@@ -1,30 +1,52 @@
-"""`atlas-kd <command>`: a thin shell over the stage functions.
+"""`atlas-kd <command>`: a thin shell over the stage functions, one command to one stage.
 
-Each command lives in its own module with `add_arguments(parser)` and `run(args) -> int`; modules are
-imported only when their command runs, so `atlas-kd lint` does not pay for importing torch.
+The pipeline, in order (docs/architecture.md has what each reads and writes in the run folder):
+
+    train    training/train.py      train(cfg, run)      -> train.json, teacher/student/baseline.pt
+    prune    training/prune_stage.py prune(cfg, run)     -> <run>/pruned/ (a derived run), prune.json
+    export   export/stage.py        export(cfg, run)     -> model.onnx, golden/, export.json
+    om       atlas/om_stage.py      build_om(cfg, run)   -> model.om, atc.json
+    deploy   atlas/deploy.py        deploy(cfg, run)     -> board/, deploy.json
+    verify   atlas/verify.py        verify(cfg, run)     -> verify.json, report.md
+
+Every stage gets its config and run folder the same way (`config_and_run`): the run folder is `--run`, else
+`runs/<config name>`; the config is `--config`, else the run's config.json, else the defaults, then the command
+line. A command's flags are aliases of config fields (`Alias`), except the few that say how to run rather than
+what to compute (`--resume`, `--no-progress`, `--trust-new-host`, `--out`). Stage modules are imported only when
+their command runs, so `atlas-kd lint` does not pay for importing torch. This is the composition root: the one
+place that also reaches the rehearsal tools of atlas/sim (by module name), which production code never imports.
 A `UserError` becomes one line on stderr and its exit code; anything else is a bug and keeps its traceback.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import sys
+from pathlib import Path
+from typing import Callable
 
+from atlas import run_folder as rf
+from atlas.config import Alias, Config, add_config_arguments, config_and_run
 from atlas.errors import UserError
 
-# command -> (module, one-line help)
-COMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("training.train", "train the teacher, the KD student and the baseline"),
-    "export": ("export.stage", "student checkpoint -> simplified, linted ONNX + golden reference"),
-    "lint": ("export.lint", "check any ONNX file against what ATC accepts for Ascend 310"),
-    "om": ("atlas.om_stage", "ONNX -> .om with ATC (or atc-sim with --sim); --inspect FILE.om"),
-    "deploy": ("atlas.deploy", "push the model, the app and the golden inputs to a board and run there"),
-    "verify": ("atlas.verify", "compare the board's outputs with the onnxruntime reference"),
-    "sim-board": ("atlas.sim.sim_board", "start / stop / status of the local sim board (sshd on 127.0.0.1)"),
-    "prune": ("training.prune_stage", "remove channels (and/or zero FC weights) from a trained student and "
-                                      "fine-tune it with KD"),
-    "doctor": ("atlas.doctor", "report what is available: versions, ATC, boards"),
-}
+SIM_BOARD_MODULE = "atlas.sim.sim_board"  # the rehearsal tools, reached by name (see the module doc)
+SSHD_MODULE = "atlas.sim.sshd"
+
+SSH_ALIASES = (
+    Alias("--ssh-config", "deploy.ssh_config", help="ssh config file", metavar="PATH"),
+    Alias("--known-hosts", "deploy.known_hosts", help="known_hosts file", metavar="PATH"),
+    Alias("--identity", "deploy.identities", "list", help="private key to offer first", metavar="KEYFILE"),
+)
+
+
+def _widths(text: str) -> list[str]:
+    values = text.split(",")
+    if not all(v.strip().isdigit() for v in values):
+        raise argparse.ArgumentTypeError(f"expected comma-separated channel counts, e.g. 2,16,10; got {text!r}")
+    if min(int(v) for v in values) < 1:
+        raise argparse.ArgumentTypeError(f"every width must be >= 1, got {text!r}")
+    return values
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -35,13 +57,271 @@ class OneLineErrorParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+def _run_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--run", metavar="DIR", help="run folder (default runs/<config name>)")
+
+
+def _trust_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--trust-new-host", action="store_true",
+                        help="accept a board whose host key is not yet known: print its fingerprint and record it "
+                             "(a changed key is still refused); never a config field")
+
+
+def _progress(args: argparse.Namespace) -> bool:
+    return not getattr(args, "no_progress", False) and sys.stderr.isatty()
+
+
+# --- train ------------------------------------------------------------------------------------------------
+
+def _train_options(p: argparse.ArgumentParser) -> None:
+    _run_option(p)
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last epoch")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_config_arguments(p, aliases=(
+        Alias("--teacher", "distill.teacher_checkpoint", help="reuse a trained teacher checkpoint", metavar="PATH"),
+        Alias("--dataset", "data.dataset", metavar="NAME"),
+        Alias("--slim", "compress.slim", help="network slimming: L1 penalty on the student's BN scale factors",
+              metavar="LAMBDA"),
+    ))
+
+
+def _train(args: argparse.Namespace) -> int:
+    from training.train import train
+
+    cfg, run, _ = config_and_run(args)
+    train(cfg, run, resume=args.resume, progress=_progress(args))
+    written = [role for role, name in rf.CHECKPOINTS.items() if (run / name).exists()]
+    print(f"wrote {run}/{{{','.join(written)}}}.pt, train.json, curves.png")
+    return 0
+
+
+# --- prune ------------------------------------------------------------------------------------------------
+
+_PRUNE_ALIASES = (
+    Alias("--channels", "compress.channels", help="fraction of conv channels to remove (0: none, e.g. with "
+          "--fc-sparsity)", metavar="FRACTION"),
+    Alias("--epochs", "compress.finetune_epochs", help="KD fine-tuning epochs after pruning (0: no fine-tuning, "
+          "no teacher needed)", metavar="N"),
+    Alias("--align", "compress.align", help="round each layer's width to a multiple of N (16 matches the Ascend "
+          "Cube's channel blocks)", metavar="N"),
+    Alias("--fc-sparsity", "compress.fc_sparsity", help="also zero this fraction of the fully-connected weights, "
+          "smallest |w| first (unstructured)", metavar="FRACTION"),
+    Alias("--fc-scope", "compress.fc_scope", help="rank FC weights across all FC layers (global) or per layer",
+          metavar="{global,layer}", choices=("global", "layer")),
+    Alias("--widths", "compress.widths", help="keep this many channels in each conv instead of --channels' "
+          "global threshold (the best-scored ones of each layer)", metavar="W1,W2,...", type=_widths),
+)
+
+
+def _prune_options(p: argparse.ArgumentParser) -> None:
+    _run_option(p)
+    p.add_argument("--out", metavar="DIR", help="where the pruned run goes (default <run>/pruned)")
+    # slim and pmw_strength shape training (atlas-kd train); prune's fine-tuning is plain SGD, so it takes neither
+    add_config_arguments(p, sections=["data", "compress"], exclude=("compress.slim", "compress.pmw_strength"),
+                         aliases=_PRUNE_ALIASES)
+
+
+def _prune(args: argparse.Namespace) -> int:
+    from training.prune_stage import WIDTHS_REPLACE, prune
+
+    cfg, run, source = config_and_run(args)
+    if source is None:
+        raise UserError(f"{run} has no config.json: train first (atlas-kd train --run {run})")
+    if cfg.compress.widths and getattr(args, "cfg:compress.channels", None) is not None:
+        raise UserError(WIDTHS_REPLACE)
+    prune(cfg, run, args.out)
+    return 0
+
+
+# --- export -----------------------------------------------------------------------------------------------
+
+def _export_options(p: argparse.ArgumentParser) -> None:
+    _run_option(p)
+    add_config_arguments(p, sections=["data", "student", "export", "om"], aliases=(
+        Alias("--checkpoint", "export.checkpoint", help="checkpoint to export (default <run>/student.pt)",
+              metavar="PT"),
+        Alias("--onnx", "export.onnx", help="start from your own ONNX instead of a checkpoint", metavar="FILE"),
+    ))
+
+
+def _export(args: argparse.Namespace) -> int:
+    from export.stage import export
+
+    cfg, run, source = config_and_run(args)
+    if not cfg.export.onnx and source is None:
+        raise UserError(f"{run} has no config.json: train first (atlas-kd train), or pass --config / --onnx")
+    export(cfg, run)
+    return 0
+
+
+# --- om ---------------------------------------------------------------------------------------------------
+
+def _om_options(p: argparse.ArgumentParser) -> None:
+    _run_option(p)
+    p.add_argument("--inspect", metavar="FILE.om", help="say what an .om file is (real or sim) and what it holds")
+    p.add_argument("--json", action="store_true", help="with --inspect: print the report as JSON")
+    _trust_option(p)
+    add_config_arguments(p, sections=["om", "deploy"], aliases=(
+        Alias("--onnx", "om.onnx", help="convert this ONNX instead (output in --run, else beside it)", metavar="PATH"),
+        Alias("--sim", "om.sim", "true", help="use atc-sim, the board-free stand-in (same as SIM=1)"),
+        Alias("--aipp", "om.aipp", "true", help="insist on AIPP (chosen at export: --om-aipp true)"),
+        Alias("--atc", "om.atc", help="the atc to run (default: search PATH and CANN)", metavar="PATH"),
+        Alias("--atc-arg", "om.extra", "append", help="extra ATC option; write it with '=', e.g. "
+              "--atc-arg=--enable_small_channel=1 (ATC runs in the run folder)", metavar="ARG"),
+        Alias("--timeout", "om.timeout_s", help="stop ATC after S seconds", metavar="S"),
+        Alias("--skip-lint", "om.lint", "false", help="do not lint the ONNX first; let ATC decide"),
+        Alias("--on-board", "om.on_board", help="run ATC on the board over SSH (upload the ONNX, convert there, "
+              "fetch the .om)", metavar="BOARD"),
+        *SSH_ALIASES,
+    ))
+
+
+def _om(args: argparse.Namespace) -> int:
+    from atlas import atc
+    from atlas.om_stage import build_om, summary
+
+    if args.inspect:
+        others = [flag for flag, key in (("--run", "run"), ("--onnx", "cfg:om.onnx"), ("--on-board", "cfg:om.on_board"))
+                  if getattr(args, key, None)]
+        if others:
+            raise UserError(f"--inspect reads the one .om it names and builds nothing: drop {', '.join(others)} (or "
+                            "--inspect, to build)")
+        return _inspect(args.inspect, as_json=args.json)
+    if args.json:
+        raise UserError("--json goes with --inspect FILE.om (the build writes atc.json in the run folder)")
+    onnx = getattr(args, "cfg:om.onnx", None)
+    if not args.run and not onnx:
+        raise UserError("give --run runs/NAME (after `atlas-kd export`), --onnx MODEL.onnx, or --inspect FILE.om")
+    if onnx and not args.run:
+        args.run = str(Path(onnx).parent)  # a standalone conversion writes beside the model
+    cfg, run, _ = config_and_run(args)
+    try:
+        record = build_om(cfg, run, trust_new_host=args.trust_new_host)
+    except atc.AtcFailed as e:
+        # the explained error first, ATC's own lines after (the CLI would print only the first line)
+        print(f"atlas-kd om: error: {e.message}", file=sys.stderr)
+        for line in e.raw_lines[:40]:
+            print(f"  | {line}", file=sys.stderr)
+        return e.exit_code
+    print(summary(record, run))
+    return 0
+
+
+def _inspect(path: str, as_json: bool) -> int:
+    from atlas.om_file import OmDamaged, describe, inspect_om
+
+    inspection = inspect_om(path)
+    if as_json:
+        print(json.dumps({**inspection.report, "damaged": inspection.damaged}, indent=2))
+    else:
+        print(describe(inspection))
+    if inspection.damaged:
+        raise OmDamaged(inspection.damaged, inspection.report)
+    return 0
+
+
+# --- deploy and verify ------------------------------------------------------------------------------------
+
+def _deploy_options(p: argparse.ArgumentParser) -> None:
+    _run_option(p)
+    _trust_option(p)
+    add_config_arguments(p, sections=["deploy"], aliases=(
+        Alias("--board", "deploy.boards", "list", help="user@host[:port] or an ssh config alias; repeat to deploy "
+              "to several boards at once", metavar="BOARD"),
+        *SSH_ALIASES,
+    ))
+
+
+def _deploy(args: argparse.Namespace) -> int:
+    from atlas.deploy import deploy
+
+    cfg, run, _ = config_and_run(args)
+    deploy(cfg, run, trust_new_host=args.trust_new_host)
+    return 0
+
+
+def _verify_options(p: argparse.ArgumentParser) -> None:
+    _run_option(p)
+    add_config_arguments(p, sections=["verify"], aliases=(
+        Alias("--board-dir", "verify.board_dir", help="folder with the board's outputs.npy (default: from "
+              "deploy.json)", metavar="DIR"),
+    ))
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from atlas.verify import verify
+
+    cfg, run, _ = config_and_run(args)
+    verify(cfg, run)
+    return 0
+
+
+# --- tools: lint, doctor, the sim board -------------------------------------------------------------------
+
+def _lint_options(p: argparse.ArgumentParser) -> None:
+    importlib.import_module("export.lint").add_arguments(p)
+
+
+def _lint(args: argparse.Namespace) -> int:
+    return importlib.import_module("export.lint").run(args)
+
+
+def _doctor_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--atc", metavar="PATH", help="check this atc instead of searching for one")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    _trust_option(p)
+    add_config_arguments(p, sections=["deploy"], aliases=(
+        Alias("--board", "deploy.boards", "list", help="also check a board over SSH", metavar="BOARD"),
+        *SSH_ALIASES,
+    ))
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from atlas.doctor import doctor, format_report
+
+    cfg = _config_only(args)
+    report, status = doctor(cfg.deploy, atc=args.atc, boards=cfg.deploy.boards, trust_new_host=args.trust_new_host,
+                            sim_board=importlib.import_module(SSHD_MODULE).doctor_report())
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return status
+
+
+def _config_only(args: argparse.Namespace) -> Config:
+    from atlas.config import load_config, overrides_from_args
+
+    return load_config(args.config, overrides_from_args(args))
+
+
+def _sim_board_options(p: argparse.ArgumentParser) -> None:
+    importlib.import_module(SIM_BOARD_MODULE).add_arguments(p)
+
+
+def _sim_board(args: argparse.Namespace) -> int:
+    return importlib.import_module(SIM_BOARD_MODULE).run(args)
+
+
+# command -> (one-line help, add its options, run it)
+COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
+    "train": ("train the teacher, the KD student and the baseline", _train_options, _train),
+    "prune": ("remove channels (and/or zero FC weights) from a trained student and fine-tune it with KD",
+              _prune_options, _prune),
+    "export": ("student checkpoint -> simplified, linted ONNX + golden reference", _export_options, _export),
+    "om": ("ONNX -> .om with ATC (or atc-sim with --sim); --inspect FILE.om", _om_options, _om),
+    "deploy": ("push the model, the app and the golden inputs to a board and run there", _deploy_options, _deploy),
+    "verify": ("compare the board's outputs with the onnxruntime reference", _verify_options, _verify),
+    "lint": ("check any ONNX file against what ATC accepts for Ascend 310", _lint_options, _lint),
+    "doctor": ("report what is available: versions, ATC, boards", _doctor_options, _doctor),
+    "sim-board": ("start / stop / status of the local sim board (sshd on 127.0.0.1)", _sim_board_options, _sim_board),
+}
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     parser = OneLineErrorParser(prog="atlas-kd", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (module_name, help_text) in COMMANDS.items():
+    for name, (help_text, add_options, _) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         if name == command:
-            importlib.import_module(module_name).add_arguments(p)
+            add_options(p)
     return parser
 
 
@@ -54,8 +334,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        module = importlib.import_module(COMMANDS[args.command][0])
-        return int(module.run(args) or 0)
+        return int(COMMANDS[args.command][2](args) or 0)
     except UserError as e:
         print(f"atlas-kd {args.command}: error: {e.message}", file=sys.stderr)
         return e.exit_code

@@ -3,7 +3,9 @@
 Precedence: defaults < TOML file (or the run folder's saved `config.json`) < command-line options.
 Every field gets a command-line option `--<section>-<field>` (dashes for underscores), e.g.
 `--student-epochs 3`, `--data-dir ../shared/data/mnist`; top-level fields are `--name`, `--seed`,
-`--device`. `--set section.field=value` reaches any field too.
+`--device`. `--set section.field=value` reaches any field too. A command's short flags (`--board`, `--sim`,
+`--teacher`, `--channels`, ...) are `Alias`es of fields: the config is the one channel a stage reads.
+Never config fields: `--trust-new-host`, passwords and key passphrases (not written to config.json or any record).
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from atlas.errors import UserError
-from atlas.fileio import require_writable
+from atlas.run_folder import CONFIG
 
 
 @dataclass
@@ -48,6 +50,7 @@ class DistillConfig:
     temperature: float = 4.0
     alpha: float = 0.9  # weight of the soft-target term; 1 - alpha goes to hard-label CE
     baseline: bool = True  # also train the student without KD under the same budget
+    teacher_checkpoint: str = ""  # reuse this trained teacher (copied into the run) instead of training one
 
 
 @dataclass
@@ -60,6 +63,7 @@ class CompressConfig:
     pmw_strength: float = 2.0  # PMW-SGD: how much more the largest weights move than the smallest (0 = SGD)
     fc_sparsity: float = 0.0  # fraction of FC weights `atlas-kd prune` zeroes by magnitude (unstructured)
     fc_scope: str = "global"  # global: rank all FC weights together | layer: each FC layer to the same sparsity
+    widths: list[int] = field(default_factory=list)  # channels `prune` keeps per conv (replaces channels/align)
 
 
 @dataclass
@@ -69,14 +73,19 @@ class ExportConfig:
     golden_count: int = 1000
     simplify: bool = True
     parity_atol: float = 1e-4
+    checkpoint: str = ""  # the checkpoint to export; empty: the run's student.pt
+    onnx: str = ""  # export your own ONNX instead of a checkpoint
 
 
 @dataclass
 class OmConfig:
     soc_version: str = "Ascend310"
     precision_mode: str = "force_fp16"
-    aipp: bool = False  # normalise on chip: the board is fed uint8 NHWC images
+    aipp: bool = False  # normalise on chip (uint8 NHWC board inputs): decided at export, recorded in export.json
     sim: bool = False  # use atc-sim (board-free rehearsal) instead of the real ATC
+    onnx: str = ""  # convert this ONNX instead of the run's export (output in the run folder)
+    lint: bool = True  # lint the ONNX before ATC (false: let ATC decide)
+    on_board: str = ""  # run ATC on this board over SSH (upload the ONNX, convert there, fetch the .om)
     atc: str = ""  # path to the real atc; empty: search PATH and the CANN install folders
     log: str = "error"
     timeout_s: int = 900
@@ -89,7 +98,9 @@ class DeployConfig:
     remote_dir: str = "atlas-kd"  # relative to the login's home unless absolute
     batch: int = 1
     loop: int = 1
-    known_hosts: str = ""  # empty: ~/.ssh/known_hosts
+    known_hosts: str = ""  # empty: UserKnownHostsFile from the ssh config, else ~/.ssh/known_hosts
+    ssh_config: str = ""  # empty: ~/.ssh/config when it exists
+    identities: list[str] = field(default_factory=list)  # private keys to offer first
     python: str = "python3"
     env_script: str = ""  # sourced before the app runs, e.g. /usr/local/Ascend/ascend-toolkit/set_env.sh
     connect_timeout_s: float = 10.0
@@ -100,6 +111,7 @@ class DeployConfig:
 class VerifyConfig:
     min_top1_agreement: float = 0.999
     min_cosine: float = 0.999
+    board_dir: str = ""  # folder with a board's outputs.npy; empty: the folders deploy.json lists
 
 
 @dataclass
@@ -188,7 +200,8 @@ def set_value(cfg: Config, dotted: str, value: Any, where: str) -> None:
     if name not in types or dataclasses.is_dataclass(getattr(target, name)):
         known = ", ".join(k for k in types if not dataclasses.is_dataclass(getattr(target, k)))
         raise UserError(f"{where}: unknown config key '{dotted}' (known here: {known})")
-    setattr(target, name, _coerce(types[name], value, dotted, where))
+    coerced = _coerce(types[name], list(value) if isinstance(value, _Appended) else value, dotted, where)
+    setattr(target, name, [*getattr(target, name), *coerced] if isinstance(value, _Appended) else coerced)
 
 
 def _coerce(tp: Any, value: Any, key: str, where: str) -> Any:
@@ -222,11 +235,16 @@ def _coerce(tp: Any, value: Any, key: str, where: str) -> Any:
             return value
         raise UserError(f"{where}: '{key}' must be a string, got {value!r}")
     if typing.get_origin(tp) is list:
+        item = typing.get_args(tp)[0]
         if from_cli:
-            return [v for v in value.split(",") if v] if value else []
-        if isinstance(value, list) and all(isinstance(v, str) for v in value):
-            return list(value)
-        raise UserError(f"{where}: '{key}' must be a list of strings, got {value!r}")
+            value = [v for v in value.split(",") if v] if value else []
+        if isinstance(value, list):
+            try:
+                return [_coerce(item, v, key, where) for v in value]
+            except UserError:
+                pass
+        raise UserError(f"{where}: '{key}' must be a list of {'strings' if item is str else 'integers'}, "
+                        f"got {value!r}")
     raise AssertionError(f"unsupported config type {tp} for {key}")
 
 
@@ -235,16 +253,48 @@ def _coerce(tp: Any, value: Any, key: str, where: str) -> Any:
 _TOP_LEVEL = ("name", "seed", "device")
 
 
+@dataclass(frozen=True)
+class Alias:
+    """A command's short flag for one config field, e.g. `--board B` for `deploy.boards`, `--sim` for `om.sim`.
+
+    kind: "value" (parsed like `--section-field`), "true"/"false" (a switch setting a bool), "list" (repeatable;
+    replaces the file's list), "append" (repeatable; added to the file's list).
+    """
+
+    flag: str
+    key: str
+    kind: str = "value"
+    help: str = ""
+    metavar: str = "VALUE"
+    choices: tuple[str, ...] | None = None  # checked by argparse (a bad value is a usage error, exit 2)
+    type: Any = None  # likewise: a callable that parses the flag's text
+
+
+class _Appended(list):
+    """Command-line items to add to a list field rather than replace it."""
+
+
 def option_name(dotted: str) -> str:
     return "--" + dotted.replace(".", "-").replace("_", "-")
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, sections: list[str] | None = None,
-                         exclude: tuple[str, ...] = ()) -> None:
-    """Add `--config`, `--set` and one `--section-field` option per config field (all sections by default),
-    except the dotted fields in `exclude`: options a command would accept and silently ignore."""
+                         exclude: tuple[str, ...] = (), aliases: tuple[Alias, ...] = ()) -> None:
+    """Add `--config`, `--set`, one `--section-field` option per config field (all sections by default) except
+    the dotted fields in `exclude` (options a command would accept and ignore), and the command's `aliases`."""
     parser.add_argument("--config", metavar="TOML", help="recipe file (default: the run folder's config.json, else built-in defaults)")
     parser.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], help="override any config key, e.g. student.epochs=3")
+    for alias in aliases:
+        default = _field_default(alias.key)
+        text = f"{alias.help} ({alias.key}; default {default!r})" if alias.help else f"alias of {alias.key}"
+        if alias.kind in ("true", "false"):
+            parser.add_argument(alias.flag, action="store_const", const=alias.kind, dest=f"cfg:{alias.key}", help=text)
+        elif alias.kind in ("list", "append"):
+            parser.add_argument(alias.flag, action="append", dest=f"cfg-{alias.kind}:{alias.key}", metavar=alias.metavar,
+                                help=text + "; repeatable")
+        else:
+            parser.add_argument(alias.flag, dest=f"cfg:{alias.key}", metavar=alias.metavar, help=text,
+                                choices=alias.choices, type=alias.type)
     group = parser.add_argument_group("config overrides")
     defaults = Config()
     for name in _TOP_LEVEL:
@@ -260,6 +310,13 @@ def add_config_arguments(parser: argparse.ArgumentParser, sections: list[str] | 
                                help=f"(default {getattr(obj, f.name)!r})")
 
 
+def _field_default(dotted: str) -> Any:
+    target: Any = Config()
+    for part in dotted.split("."):
+        target = getattr(target, part)
+    return target
+
+
 def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
     overrides: dict[str, Any] = {}
     for item in getattr(args, "set", []) or []:
@@ -268,32 +325,26 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
         key, value = item.split("=", 1)
         overrides[key.strip()] = value
     for dest, value in vars(args).items():
-        if dest.startswith("cfg:") and value is not None:
+        if value is None:
+            continue
+        if dest.startswith("cfg:"):
             overrides[dest[4:]] = value
+        elif dest.startswith("cfg-list:"):
+            overrides[dest[9:]] = list(value)
+        elif dest.startswith("cfg-append:"):
+            overrides[dest[11:]] = _Appended(value)
     return overrides
 
 
-def config_from_args(args: argparse.Namespace, run_dir: str | Path | None = None) -> Config:
-    """The config a stage runs with: --config, else `<run_dir>/config.json` when present, plus overrides."""
-    path = getattr(args, "config", None)
-    if path is None and run_dir is not None and (Path(run_dir) / "config.json").exists():
-        path = Path(run_dir) / "config.json"
-    return load_config(path, overrides_from_args(args))
-
-
-def default_run_dir(cfg: Config) -> Path:
-    return Path("runs") / cfg.name
-
-
-def make_run_dir(run_dir: str | Path) -> Path:
-    """Create the run folder (and its parents) for a stage to write into; a UserError when it cannot be one."""
-    run_dir = Path(run_dir)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise UserError(f"run folder {run_dir} is a file, not a folder: pass --run with a folder path")
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create the run folder {run_dir}: {e.strerror or e} (pass --run with a folder "
-                        "you can write)") from None
-    require_writable([run_dir], "the stage writes its artifacts there (or pass --run with another folder)")
-    return run_dir
+def config_and_run(args: argparse.Namespace) -> tuple[Config, Path, Path | None]:
+    """The config and run folder of a stage, the same rule for every command: the run folder is `--run`, else
+    `runs/<config name>`; the config is `--config`, else the run folder's config.json, else the defaults; then the
+    command-line overrides. Returns (config, run folder, the config file read or None)."""
+    overrides = overrides_from_args(args)
+    path = Path(args.config) if getattr(args, "config", None) else None
+    cfg = load_config(path, overrides)
+    run_dir = Path(args.run) if getattr(args, "run", None) else Path("runs") / cfg.name
+    if path is None and (run_dir / CONFIG).is_file():
+        path = run_dir / CONFIG
+        cfg = load_config(path, overrides)
+    return cfg, run_dir, path

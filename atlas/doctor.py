@@ -6,12 +6,11 @@ board, and, with --board, what the board's preflight says.
 """
 from __future__ import annotations
 
-import argparse
 import importlib
 import json
 import platform
-from pathlib import Path
 
+from atlas.config import DeployConfig
 from atlas.errors import UserError
 
 
@@ -22,7 +21,9 @@ def _version(module: str) -> str | None:
         return None
 
 
-def local_report(atc: str | None = None) -> dict:
+def local_report(atc: str | None = None, sim_board: dict | None = None) -> dict:
+    """This machine: Python, packages, ATC, the embedded sample, and the sim board's tools (`sim_board`, which
+    the rehearsal side reports about itself: sshd and atc-sim)."""
     from atlas import atc as atc_tool
 
     report: dict = {
@@ -45,15 +46,8 @@ def local_report(atc: str | None = None) -> dict:
         report["mnist_sample"] = {"installed": sample.is_file(), "path": str(sample)}
     except UserError as e:
         report["mnist_sample"] = {"installed": False, "why": e.message}
-    sshd = Path("/usr/sbin/sshd")
-    report["sim_board"] = {"sshd": str(sshd) if sshd.exists() else None, "atc_sim": " ".join(atc_tool.sim_atc_argv())}
+    report["sim_board"] = {**(sim_board or {"sshd": None}), "atc_sim": " ".join(atc_tool.sim_atc_argv())}
     return report
-
-
-def board_report(spec: str, args: argparse.Namespace) -> dict:
-    from atlas import deploy
-
-    return deploy.check_board(spec, args)
 
 
 def format_report(report: dict) -> str:
@@ -67,35 +61,26 @@ def format_report(report: dict) -> str:
     s = report["mnist_sample"]
     lines.append(f"embedded MNIST sample: {'installed' if s['installed'] else 'MISSING: ' + s.get('why', s.get('path', ''))}")
     b = report["sim_board"]
-    lines.append(f"sim board: sshd {'found' if b['sshd'] else 'MISSING (apt-get install openssh-server)'}, "
+    lines.append(f"sim board: sshd {b['sshd'] + ' (' + b['sshd_source'] + ')' if b['sshd'] else 'MISSING: ' + b.get('why', 'apt-get install openssh-server')}, "
                  f"atc-sim: {b['atc_sim']}")
     for board in report.get("boards", []):
         lines.append(f"board {board.get('board')}: {board.get('summary', json.dumps(board))}")
     return "\n".join(lines)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--atc", metavar="PATH", help="check this atc instead of searching for one")
-    parser.add_argument("--board", action="append", default=[], metavar="BOARD", help="also check a board over SSH")
-    parser.add_argument("--json", action="store_true", help="print the report as JSON")
-    try:
-        from atlas.ssh import add_ssh_arguments
+def doctor(cfg: DeployConfig, *, atc: str | None = None, boards: list[str] = (), trust_new_host: bool = False,
+           sim_board: dict | None = None) -> tuple[dict, int]:
+    """The report and the exit code (the worst of the boards' errors; 0 when every board is ready)."""
+    from atlas.board_access import check_board
 
-        add_ssh_arguments(parser)
-    except ImportError:  # the SSH layer is optional for a local check
-        pass
-
-
-def run(args: argparse.Namespace) -> int:
-    report = local_report(args.atc)
+    report = local_report(atc, sim_board)
     status = 0
-    if args.board:
+    if boards:
         report["boards"] = []
-        for spec in args.board:
+        for spec in boards:
             try:
-                report["boards"].append(board_report(spec, args))
+                report["boards"].append(check_board(spec, cfg, trust_new_host=trust_new_host))
             except UserError as e:
                 report["boards"].append({"board": spec, "error": e.message, "summary": f"NOT READY: {e.message}"})
                 status = max(status, e.exit_code)
-    print(json.dumps(report, indent=2) if args.json else format_report(report))
-    return status
+    return report, status

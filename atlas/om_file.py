@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from atlas.errors import UserError
-from atlas.sim import sim_om
+from atlas.run_folder import MODEL_OM
+from atlas.protowire import WireError, fields, packed_ints
+from atlas import sim_om
 
 HEADER_SIZE = 256
 MIN_SIZE = 260  # the 5.x loader's minimum (§8)
@@ -106,71 +108,17 @@ def read_partitions(data: bytes) -> tuple[list[dict[str, Any]], int, list[str]]:
 
 # --- the model definition (protobuf wire format) ----------------------------------------------------------
 
-class _WireError(ValueError):
-    pass
-
-
-def _varint(data: bytes, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        if pos >= len(data) or shift > 63:
-            raise _WireError("varint runs past the end")
-        byte = data[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return value, pos
-        shift += 7
-
-
-def _fields(data: bytes) -> Iterator[tuple[int, int, Any]]:
-    """(field number, wire type, value) for each field of one message; bytes for length-delimited ones."""
-    pos = 0
-    while pos < len(data):
-        tag, pos = _varint(data, pos)
-        number, wire = tag >> 3, tag & 7
-        if wire == 0:
-            value, pos = _varint(data, pos)
-        elif wire == 2:
-            length, pos = _varint(data, pos)
-            if pos + length > len(data):
-                raise _WireError("a field runs past the end of its message")
-            value, pos = data[pos:pos + length], pos + length
-        elif wire in (1, 5):
-            size = 8 if wire == 1 else 4
-            if pos + size > len(data):
-                raise _WireError("a field runs past the end of its message")
-            value, pos = data[pos:pos + size], pos + size
-        else:
-            raise _WireError(f"wire type {wire} is not used by ge.proto")
-        if number == 0:
-            raise _WireError("field number 0")
-        yield number, wire, value
-
-
-def _ints(wire: int, value: Any) -> list[int]:
-    """A repeated int64 field, packed or not; two's-complement negatives become negative."""
-    if wire == 0:
-        raw = [value]
-    else:
-        raw, pos = [], 0
-        while pos < len(value):
-            v, pos = _varint(value, pos)
-            raw.append(v)
-    return [v - (1 << 64) if v >= 1 << 63 else v for v in raw]
-
-
 def _tensor_desc(data: bytes) -> dict[str, Any]:
     desc: dict[str, Any] = {"dims": []}
-    for number, wire, value in _fields(data):
+    for number, wire, value in fields(data):
         if number == 1 and wire == 2:
             desc["name"] = value.decode("utf-8", "replace")
         elif number == 2 and wire == 0:
             desc["dtype"] = GE_DTYPES.get(value, f"dtype {value}")
         elif number == 3 and wire == 2:
-            for n, w, v in _fields(value):
+            for n, w, v in fields(value):
                 if n == 1:
-                    desc["dims"] += _ints(w, v)
+                    desc["dims"] += packed_ints(w, v)
         elif number == 4 and wire == 2:
             desc["format"] = value.decode("utf-8", "replace")
         elif number == 10 and wire == 0:
@@ -181,7 +129,7 @@ def _tensor_desc(data: bytes) -> dict[str, Any]:
 def read_model_def(data: bytes) -> dict[str, Any]:
     """Model name, version strings, and the first graph's inputs (Data ops) and outputs (NetOutput inputs)."""
     model: dict[str, Any] = {"graphs": 0, "ops": 0, "inputs": [], "outputs": []}
-    for number, wire, value in _fields(data):
+    for number, wire, value in fields(data):
         if number == 1 and wire == 2:
             model["name"] = value.decode("utf-8", "replace")
         elif number == 2 and wire == 0:
@@ -196,13 +144,13 @@ def read_model_def(data: bytes) -> dict[str, Any]:
 
 
 def _read_graph(data: bytes, model: dict[str, Any]) -> None:
-    for number, wire, value in _fields(data):
+    for number, wire, value in fields(data):
         if number == 1 and wire == 2:
             model["graph_name"] = value.decode("utf-8", "replace")
         elif number == 6 and wire == 2:
             model["ops"] += 1
             op: dict[str, Any] = {"input_desc": [], "output_desc": []}
-            for n, w, v in _fields(value):
+            for n, w, v in fields(value):
                 if n == 1 and w == 2:
                     op["name"] = v.decode("utf-8", "replace")
                 elif n == 2 and w == 2:
@@ -230,7 +178,7 @@ class Inspection:
     damaged: str | None  # one line saying what is wrong, or None
 
 
-def inspect_bytes(data: bytes, name: str = "model.om") -> Inspection:
+def inspect_bytes(data: bytes, name: str = MODEL_OM) -> Inspection:
     """What the bytes are and what can be read from them; never raises on bad bytes."""
     report: dict[str, Any] = {"path": name, "bytes": len(data)}
     if sim_om.is_sim_om(data):
@@ -267,7 +215,7 @@ def inspect_bytes(data: bytes, name: str = "model.om") -> Inspection:
     if model_def is not None:
         try:
             report["model"] = read_model_def(data[model_def["file_offset"]:model_def["file_offset"] + model_def["size"]])
-        except _WireError as e:
+        except WireError as e:
             problems.append(f"the model definition (MODEL_DEF partition) does not decode: {e}")
     elif not partition_problems:
         problems.append("no MODEL_DEF partition")

@@ -1,21 +1,21 @@
 """The verify stage: the board's outputs against the onnxruntime reference, with the metrics Huawei's
 accuracy-comparison tools use (CosineSimilarity, MaxAbsoluteError, MeanAbsoluteError) plus top-1 agreement and
-accuracy against the labels. Writes verify.json, report.md (the whole run on one page) and confusion.png.
+accuracy against the labels. `verify(cfg, run) -> VerifyRecord` writes verify.json, report.md (the whole run on
+one page) and confusion.png beside each board's outputs.
 
 Default thresholds (DESIGN.md): top-1 agreement >= 99.9 %, min per-sample cosine >= 0.999; the 310 computes
 in float16, so exact equality is not expected. Exit 0 pass, 1 fail, 2 error.
 """
 from __future__ import annotations
 
-import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 
-from atlas.config import Config, VerifyConfig, add_config_arguments, config_from_args
+from atlas import run_folder as rf
+from atlas.config import Config, VerifyConfig
 from atlas.errors import UserError
-from atlas.fileio import atomic_path, read_json, require_writable, sha256_file, write_json, write_text
+from atlas.fileio import atomic_path, read_json, require_writable, write_text
 
 
 def compare(outputs: np.ndarray, reference: np.ndarray, labels: np.ndarray) -> dict:
@@ -74,69 +74,60 @@ def _load(path: Path, what: str, stage: str) -> np.ndarray:
         raise UserError(f"{path}: not a readable .npy ({e})") from None
 
 
-def board_dirs(run_dir: Path, board_dir: str | None, inputs: Path | None = None) -> list[Path]:
+def board_dirs(run: rf.Run, board_dir: str | None, inputs: Path) -> list[Path]:
     """The folders holding a board's outputs: --board-dir, else those deploy.json lists (refused if deploy sent
     another model.om or `inputs` than the current ones), else board/."""
     if board_dir:
         return [Path(board_dir)]
-    deploy_json = run_dir / "deploy.json"
-    if deploy_json.exists():
-        record = read_json(deploy_json)
-        boards = record.get("boards", []) if isinstance(record, dict) else []
-        ok = [b for b in boards if b.get("status") == "ok"]
+    record = rf.DeployRecord.read_unchecked(run)
+    if record is not None:
+        ok = record.ok_boards()
         if ok:
             for entry in ok:
-                _check_deployed_files_are_current(run_dir, entry, inputs or run_dir / "golden" / "inputs.npy")
-            return [run_dir / b["local_dir"] for b in ok]
-        if boards:  # board/ may still hold an earlier deploy's outputs: they are not this model's
-            raise UserError(f"{deploy_json}: the last deploy failed ({boards[0].get('error', 'see deploy.json')}); "
-                            "deploy again (make deploy), or pass --board-dir DIR with outputs you trust")
-    return [run_dir / "board"]
+                stale = rf.stale_upload(run, entry, inputs)
+                if stale:
+                    raise UserError(stale)
+            return [run / b["local_dir"] for b in ok]
+        if record.get("boards"):  # board/ may still hold an earlier deploy's outputs: they are not this model's
+            raise UserError(f"{rf.DeployRecord.path(run)}: the last deploy failed "
+                            f"({record['boards'][0].get('error', 'see deploy.json')}); deploy again (make deploy), or "
+                            "pass --board-dir DIR with outputs you trust")
+    return [run / rf.BOARD]
 
 
-def _check_deployed_files_are_current(run_dir: Path, entry: dict, inputs: Path) -> None:
-    """A board's outputs answer the model.om and inputs.npy that deploy sent (deploy.json keeps their sha256):
-    if either has been rebuilt or re-exported since, golden/ and the outputs no longer belong together."""
-    current = {"model.om": run_dir / "model.om", "inputs.npy": inputs}
-    for upload in entry.get("uploads") or []:
-        local = current.get(upload.get("file"))
-        if local is not None and local.is_file() and upload.get("sha256") and sha256_file(local) != upload["sha256"]:
-            what = "built again" if upload["file"] == "model.om" else "exported again"
-            raise UserError(f"{run_dir / entry['local_dir']}: the board ran an earlier {upload['file']} ({local} was "
-                            f"{what} since): deploy again (make deploy), or pass --board-dir DIR with outputs you "
-                            "trust")
-
-
-def verify(run_dir: str | Path, cfg: Config, board_dir: str | None = None) -> dict:
-    run_dir = Path(run_dir)
-    export = _optional(run_dir, "export.json")
-    if isinstance(export, dict) and export.get("failed"):
-        raise UserError(f"{run_dir}/export.json: the last export failed ({export['failed']}), so golden/ may not "
-                        "belong to the model: export again (make onnx), then om and deploy")
-    reference = _load(run_dir / "golden" / "reference.npy", "the reference", "the export stage (make onnx)")
-    labels = _load(run_dir / "golden" / "labels.npy", "the labels", "the export stage (make onnx)")
+def verify(cfg: Config, run: str | Path | rf.Run) -> rf.VerifyRecord:
+    run = rf.as_run(run)
+    run_dir = run.path
+    export = rf.ExportRecord.read_unchecked(run)
+    if export is not None:
+        if export.get("failed"):
+            raise UserError(f"{rf.ExportRecord.path(run)}: the last export failed ({export['failed']}), so golden/ "
+                            "may not belong to the model: export again (make onnx), then om and deploy")
+    reference = _load(run / rf.GOLDEN_REFERENCE, "the reference", "the export stage (make onnx)")
+    labels = _load(run / rf.GOLDEN_LABELS, "the labels", "the export stage (make onnx)")
     board_input = (export or {}).get("board_input")
-    inputs = run_dir / board_input["path"] if isinstance(board_input, dict) and "path" in board_input else None
-    folders = board_dirs(run_dir, board_dir, inputs)
+    inputs = export.board_inputs_path(run) if isinstance(board_input, dict) else run / rf.GOLDEN_INPUTS
+    folders = board_dirs(run, cfg.verify.board_dir or None, inputs)
     require_writable([run_dir, *folders], "verify writes verify.json, report.md and confusion.png there")
     results = []
     for folder in folders:
-        outputs = _load(folder / "outputs.npy", "the board's outputs", "the deploy stage (make deploy)")
+        outputs = _load(folder / rf.BOARD_OUTPUTS, "the board's outputs", "the deploy stage (make deploy)")
         metrics = compare(outputs, reference, labels)
         failed = judge(metrics, cfg.verify)
-        timing = read_json(folder / "timing.json") if (folder / "timing.json").exists() else {}
+        timing = read_json(folder / rf.BOARD_TIMING) if (folder / rf.BOARD_TIMING).exists() else {}
         confusion = _confusion(outputs.argmax(axis=1), labels, int(reference.shape[1]))
-        png = folder / "confusion.png"
+        png = folder / rf.CONFUSION
         _plot_confusion(png, confusion, f"board predictions vs labels ({folder.name})")
         results.append({"board_dir": str(folder.relative_to(run_dir)) if folder.is_relative_to(run_dir) else str(folder),
                         "metrics": metrics, "passed": not failed, "failed": failed,
                         "latency_ms": timing.get("latency_ms"), "throughput_images_per_s": timing.get("throughput_images_per_s"),
                         "model_load_ms": timing.get("model_load_ms"), "acl": timing.get("acl"),
                         "confusion_matrix": confusion.tolist(), "confusion_png": str(png.name)})
-    report = {"thresholds": {"min_top1_agreement": cfg.verify.min_top1_agreement, "min_cosine": cfg.verify.min_cosine},
-              "boards": results, "passed": all(r["passed"] for r in results)}
-    write_json(run_dir / "verify.json", report)
-    write_text(run_dir / "report.md", render_report(run_dir, report))
+    report = rf.VerifyRecord({"thresholds": {"min_top1_agreement": cfg.verify.min_top1_agreement,
+                                             "min_cosine": cfg.verify.min_cosine},
+                              "boards": results, "passed": all(r["passed"] for r in results)})
+    report.write(run)
+    write_text(run / rf.REPORT, render_report(run_dir, report))
     print(format_summary(run_dir, report))
     if not report["passed"]:
         reasons = "; ".join(f"{r['board_dir']}: {', '.join(r['failed'])}" for r in results if not r["passed"])
@@ -168,25 +159,14 @@ def _plot_confusion(path: Path, matrix: np.ndarray, title: str) -> None:
     plt.close(fig)
 
 
-def _optional(run_dir: Path, name: str) -> dict | None:
-    path = run_dir / name
-    if not path.exists():
-        return None
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    return data if isinstance(data, dict) else None  # a hand-edited record is left out of the report, not a crash
-
-
 def _pct(x) -> str:
     return "n/a" if x is None else f"{100 * x:.2f} %"
 
 
 def render_report(run_dir: Path, report: dict) -> str:
     """One page: training, export, ATC, deploy and verify figures of the run."""
-    train, export = _optional(run_dir, "train.json"), _optional(run_dir, "export.json")
-    atc, deploy = _optional(run_dir, "atc.json"), _optional(run_dir, "deploy.json")
+    train, export = rf.TrainRecord.read_for_report(run_dir), rf.ExportRecord.read_for_report(run_dir)
+    atc, deploy = rf.AtcRecord.read_for_report(run_dir), rf.DeployRecord.read_for_report(run_dir)
     lines = [f"# {run_dir.resolve().name}: {'PASS' if report['passed'] else 'FAIL'}", ""]
     if train:
         lines += ["## Training", "", "| | model | params | test accuracy |", "|---|---|---:|---:|"]
@@ -239,7 +219,7 @@ def render_report(run_dir: Path, report: dict) -> str:
 
 
 def format_summary(run_dir: Path, report: dict) -> str:
-    train = _optional(run_dir, "train.json")
+    train = rf.TrainRecord.read_for_report(run_dir)
     lines = []
     if train:
         lines.append("accuracy: " + ", ".join(f"{role} {_pct(train[role]['accuracy'])}"
@@ -253,15 +233,3 @@ def format_summary(run_dir: Path, report: dict) -> str:
                      f"{r.get('throughput_images_per_s') or 'n/a'} images/s -> {'PASS' if r['passed'] else 'FAIL'}")
     lines.append(f"wrote {run_dir}/verify.json and {run_dir}/report.md")
     return "\n".join(lines)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--run", metavar="DIR", required=True, help="run folder (golden/ and board/ inside)")
-    parser.add_argument("--board-dir", metavar="DIR", help="folder with the board's outputs.npy (default: from deploy.json)")
-    add_config_arguments(parser, sections=["verify"])
-
-
-def run(args: argparse.Namespace) -> int:
-    run_dir = Path(args.run)
-    verify(run_dir, config_from_args(args, run_dir), args.board_dir)
-    return 0

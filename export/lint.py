@@ -12,7 +12,7 @@ import math
 import os
 import re
 from collections import Counter, deque
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -21,15 +21,16 @@ import onnx
 from google.protobuf.descriptor import FieldDescriptor
 from onnx import AttributeProto, TensorProto, helper, numpy_helper
 
-ERROR = "error"
-WARNING = "warning"
+from atlas import protowire
+from atlas.atc_rules import (DEFAULT_DOMAINS, DEFAULT_MAX_BOARD_BYTES, ERROR, KNOWN_UNSUPPORTED_OPS, NEWER_CANN_OPSETS,
+                              PROTOBUF_LIMIT_BYTES, RULES, SUPPORTED_OPS, SUPPORTED_OPSET, UNREADABLE_RULES, WARNING)
 
 
 @dataclass(frozen=True)
 class Finding:
     """One problem: which rule, how bad, what it concerns, what is wrong and how to fix it.
 
-    `target` formats (stable; atc-sim parses them): "model", "graph", "opset_import", "opset_import '<domain>'",
+    `target` formats (stable text for people; tools read `subject`): "model", "graph", "opset_import", "opset_import '<domain>'",
     "file '<path>'", "input '<name>'" / "input #<i>", "output '<name>'" / "output #<i>",
     "node '<name>' (<OpType>)" (an unnamed node is '#<index>'; subgraph nodes are '<parent>/<attr>/<name>'),
     "tensor '<name>'" (a Constant's tensor adds " (node '<name>' (Constant))").
@@ -40,111 +41,13 @@ class Finding:
     target: str
     message: str
     hint: str
+    # what the target names, as fields: {"node": name, "node_index": i, "op_type": T, "graph": subgraph prefix}
+    # for a node, {"input": name} / {"output": name} for graph I/O; empty otherwise. Tools key on these.
+    subject: dict = field(default_factory=dict, compare=False)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
-
-# Every rule id -> (severity, where the rule comes from). A rule id always has the same severity, so tools can
-# key on the id alone. "[INFER]" marks our reasoning where the spec has no fact.
-RULES: dict[str, tuple[str, str]] = {
-    # the file itself (CLI exit 2)
-    "file-not-found": (ERROR, "no such file"),
-    "not-a-file": (ERROR, "the path is a folder or a device, not a file"),
-    "file-unreadable": (ERROR, "the OS refused to read the file"),
-    "file-too-large-to-parse": (ERROR, "protobuf cannot parse a message of 2 GiB or more; spec §4 E10041"),
-    "not-onnx": (ERROR, "the bytes are not an ONNX ModelProto; spec §4 E10041/E13005"),
-    "truncated-onnx": (ERROR, "a valid prefix of an ONNX ModelProto that ends mid-field; spec §4 E10041"),
-    # model level
-    "graph-missing": (ERROR, "spec §4 E16004 `ONNX model has no graph.`"),
-    "graph-no-inputs": (ERROR, "spec §4 E16001 no input node"),
-    "graph-no-outputs": (ERROR, "spec §4 E16001 no output node"),
-    "io-name-empty": (ERROR, "spec §2.2 --input_shape/--out_nodes address inputs and outputs by name"),
-    "node-name-duplicate": (WARNING, "spec §4 E13009 duplicate op name [INFER: that GE op names are ONNX node names]"),
-    "onnx-checker": (ERROR, "onnx.checker.check_model(full_check=True)"),
-    "onnx-checker-skipped": (WARNING, "external data too large to stand in for; checker not run"),
-    "lint-rule-crashed": (ERROR, "a lint rule could not finish on this model"),
-    # opset (spec §1, §5 model-level rules, §10 q1)
-    "opset-missing": (ERROR, "spec §5 model-level: exactly one default-domain opset_import"),
-    "opset-duplicate": (ERROR, "spec §4 E16005, §5 model-level"),
-    "opset-unsupported": (ERROR, "spec §1 (5.x parses v11 only; E19010 on every node), §10 q1"),
-    "opset-needs-newer-cann": (WARNING, "spec §1: 5.x doc says v11 only; later CANN accepts 12-13; §10 q1"),
-    "domain-unsupported": (ERROR, "spec §5 model-level: other domains have no plugins [INFER]"),
-    # operators (spec §5 table)
-    "op-unsupported": (ERROR, "spec §5: known not to convert (LayerNormalization [COMM], HardSwish < opset 14)"),
-    "op-not-in-table": (ERROR, "spec §5 table; the spec is silent on this op"),
-    "attribute-invalid": (ERROR, "spec §4 E14001 invalid argument for an op"),
-    "conv-auto-pad": (ERROR, "spec §5 Conv: 5.0.4 allows only NOTSET/VALID"),
-    "conv-attribute-range": (ERROR, "spec §5 Conv: dilations 1-255, pads 0-255, strides 1-63, kernel 1-255"),
-    "conv-input-not-4d": (ERROR, "spec §5 Conv: X 4-D fp16/fp32"),
-    "conv-output-width-1": (ERROR, "spec §5 Conv: 5.0.4 does not support output W = 1 with H != 1"),
-    "conv-group": (WARNING, "spec §5 Conv doc says group = 1; §10 q4: ModelZoo converts depthwise nets"),
-    "input-width-over-4096": (ERROR, "spec §5 Conv and MaxPool: input W <= 4096"),
-    "maxpool-storage-order": (ERROR, "spec §5 MaxPool: storage_order=1 is an error"),
-    "maxpool-dilations-dropped": (ERROR, "spec §5 MaxPool: dilations != 1 are dropped (wrong results)"),
-    "maxpool-valid-ceil-mode": (ERROR, "spec §5 MaxPool: VALID needs ceil_mode 0"),
-    "maxpool-ai-cpu": (WARNING, "spec §5 MaxPool: stride > 63, kernel dim > 255 or kh*kw > 256 runs on AI CPU"),
-    "averagepool-count-include-pad": (WARNING, "spec §5 AveragePool; §10 q5: the docs disagree"),
-    "averagepool-same-lower": (ERROR, "spec §5 AveragePool: no SAME_LOWER"),
-    "averagepool-ceil-mode": (ERROR, "spec §5 AveragePool: ceil_mode only with NOTSET"),
-    "gemm-alpha-beta": (WARNING, "spec §5 Gemm: alpha and beta are ignored; §10 q5: the docs disagree"),
-    "clip-unbounded": (ERROR, "spec §5 Clip: min and max must not both be absent"),
-    "pad-odd-length": (ERROR, "spec §5 Pad: even-length pads"),
-    # shapes and dtypes (spec §5 model-level rules, §2.2)
-    "input-dynamic-dim": (ERROR, "spec §5 model-level: static dims or --input_shape; §2.2 E10011"),
-    "io-dtype-int64": (ERROR, "spec §5 model-level: fp32 or fp16; int64 only for Reshape's shape"),
-    "io-dtype-unsupported": (ERROR, "spec §5 model-level: fp32 or fp16; §2.2 --output_type FP32/FP16/UINT8"),
-    "io-dtype-uint8": (WARNING, "spec §6: AIPP inputs are uint8; §2.2 --output_type UINT8"),
-    "int64-compute": (WARNING, "spec §5 model-level: int64 documented only for Reshape's shape [INFER]"),
-    "shape-chain-unfolded": (WARNING, "spec §5 model-level, §10 q6: whether ATC folds Shape chains is unknown"),
-    # tensors
-    "tensor-non-finite": (ERROR, "NaN/Inf weights make every output NaN/Inf"),
-    "tensor-fp16-overflow": (WARNING, "spec §5 model-level, §7: above 65504 overflows under force_fp16"),
-    "tensor-unreadable": (ERROR, "tensor data does not match its declared type and shape"),
-    # external data and size
-    "external-data": (WARNING, "our export embeds weights; ATC support for external data is not in the spec"),
-    "external-data-outside-folder": (ERROR, "external data must stay inside the model's folder"),
-    "external-data-missing": (ERROR, "the external data file does not exist"),
-    "external-data-invalid": (ERROR, "external_data entries: location, offset, length"),
-    "external-data-out-of-range": (ERROR, "offset + length past the end of the external file"),
-    "model-too-large": (ERROR, "spec §4 E10041: > 2 GB fails to load (protobuf limit)"),
-    "model-over-board-budget": (WARNING, "our assumption of what an Atlas 200 DK holds: DEFAULT_MAX_BOARD_BYTES"),
-}
-
-UNREADABLE_RULES: frozenset[str] = frozenset(
-    {"file-not-found", "not-a-file", "file-unreadable", "file-too-large-to-parse", "not-onnx", "truncated-onnx"}
-)
-
-# spec §1: 11 is the only opset every CANN 5.x/6.0 source accepts; 12-13 only on newer CANN (§10 q1).
-SUPPORTED_OPSET = 11
-NEWER_CANN_OPSETS = range(12, 14)
-DEFAULT_DOMAINS = ("", "ai.onnx")
-
-# Protobuf refuses messages of 2 GiB or more; spec §4 lists "> 2 GB" as an E10041 cause.
-PROTOBUF_LIMIT_BYTES = 2**31 - 1
-# Our assumption; the spec has no memory figure. The Atlas 200 DK has 8 GB LPDDR4X shared by Ubuntu, the app and
-# the AI cores [COMM: github metai/aitrace Atlas200DK.html], and CANN reserves about 25 % of the device OS memory
-# as huge pages, ~1940 MB [OFF: HI canncommercial 800 aclcppdevg_03_0094]. The weights sit twice in memory at load
-# time (file buffer + device copy) beside the feature maps, so we budget 1 GiB (1/8 of the board) for the model
-# files. Override with --max-board-bytes.
-DEFAULT_MAX_BOARD_BYTES = 1 << 30
-
-# spec §5 table: ATC ONNX plugins for Ascend 310, with the opsets the 2022 plugins (PLG) register. Every op here
-# is fine at opset 11. Anything not listed is reported, because the spec is silent on it.
-SUPPORTED_OPS: dict[str, tuple[int, int]] = {
-    **{op: (8, 15) for op in (
-        "Conv", "BatchNormalization", "Relu", "Sigmoid", "Tanh", "LeakyRelu", "Add", "Mul", "Sub", "Div",
-        "MaxPool", "AveragePool", "GlobalAveragePool", "MatMul", "Gemm", "Flatten", "Reshape", "Clip", "Softmax",
-        "Concat", "Transpose", "Pad", "Dropout", "Identity", "Constant", "Shape", "Gather", "Unsqueeze", "Squeeze",
-        "Cast", "Slice", "ConstantOfShape",
-    )},
-    "HardSwish": (14, 15),  # not an ONNX op before opset 14
-}
-# spec §5 "Known bad": ops the spec says do not convert (as opposed to ops it says nothing about).
-KNOWN_UNSUPPORTED_OPS: dict[str, str] = {
-    "LayerNormalization": "LayerNormalization is an opset-17 op that ATC for Ascend 310 does not convert "
-                          "(spec §5 known bad [COMM])",
-}
 
 # Inputs that ONNX itself requires to be int64 (shapes, axes, indices): int64 tensors feeding only these are
 # shape computation, not int64 arithmetic. spec §5 documents only Reshape's; the rest follow from ATC supporting
@@ -169,8 +72,17 @@ def _dtype_name(dtype: int) -> str:
         return f"unknown dtype {dtype}"
 
 
+class _Target(str):
+    """A finding's target text that also carries what it names (becomes Finding.subject)."""
+
+    def __new__(cls, text: str, **subject):
+        target = super().__new__(cls, text)
+        target.subject = subject
+        return target
+
+
 def _finding(rule: str, target: str, message: str, hint: str) -> Finding:
-    return Finding(rule, RULES[rule][0], target, message, hint)
+    return Finding(rule, RULES[rule].severity, str(target), message, hint, dict(getattr(target, "subject", {})))
 
 
 def has_errors(findings: Iterable[Finding]) -> bool:
@@ -261,41 +173,17 @@ def _classify_wire_format(data: bytes) -> str:
     top-level fields leaves a shorter valid model, which no parser can tell from a whole one; lint then reports
     what is missing (e.g. no opset_import). Random bytes that happen to form a valid prefix are called truncated.
     """
-    fields = onnx.ModelProto.DESCRIPTOR.fields_by_number
-    pos, end = 0, len(data)
+    known = onnx.ModelProto.DESCRIPTOR.fields_by_number
 
-    def varint(p: int) -> tuple[int | None, int]:
-        value = shift = 0
-        while p < end and shift < 70:
-            b = data[p]
-            p += 1
-            value |= (b & 0x7F) << shift
-            if not b & 0x80:
-                return value, p
-            shift += 7
-        return None, p  # ran off the end (or longer than 10 bytes: caught by the wire-type check below)
+    def accept(number: int, wire_type: int) -> bool:
+        field_ = known.get(number)
+        return field_ is not None and _WIRE_TYPE_OF.get(field_.type, 0) == wire_type
 
-    while pos < end:
-        tag, pos = varint(pos)
-        if tag is None:
-            return "truncated"
-        field = fields.get(tag >> 3)
-        wire_type = tag & 7
-        if field is None or _WIRE_TYPE_OF.get(field.type, 0) != wire_type:
-            return "foreign"
-        if wire_type == 0:
-            value, pos = varint(pos)
-            if value is None:
-                return "truncated"
-        elif wire_type == 2:
-            length, pos = varint(pos)
-            if length is None or pos + length > end:
-                return "truncated"
-            pos += length
-        else:
-            pos += 8 if wire_type == 1 else 4
-            if pos > end:
-                return "truncated"
+    try:
+        for _ in protowire.fields(data, accept):
+            pass
+    except protowire.WireError as e:
+        return "truncated" if e.truncated else "foreign"
     return "complete"
 
 
@@ -406,7 +294,8 @@ def _check_graph_io(graph: onnx.GraphProto) -> Iterator[Finding]:
                        "export the model with its output tensor(s)")
     for kind, values in (("input", inputs), ("output", graph.output)):
         for index, value in enumerate(values):
-            target = f"{kind} '{value.name}'" if value.name else f"{kind} #{index}"
+            target = _Target(f"{kind} '{value.name}'" if value.name else f"{kind} #{index}",
+                             **{kind: value.name, f"{kind}_index": index})
             if not value.name:
                 yield _finding("io-name-empty", target, f"graph {kind} #{index} has no name; ATC's "
                                "--input_shape and --out_nodes address tensors by name (spec §2.2)",
@@ -547,7 +436,8 @@ def _iter_graphs(graph: onnx.GraphProto, prefix: str = "") -> Iterator[tuple[str
 
 def _node_target(node: onnx.NodeProto, index: int, prefix: str = "") -> str:
     name = node.name or f"#{index}"
-    return f"node '{prefix}{name}' ({node.op_type})"
+    return _Target(f"node '{prefix}{name}' ({node.op_type})", node=node.name, node_index=index, op_type=node.op_type,
+                   graph=prefix)
 
 
 def _check_nodes(model: onnx.ModelProto, context: _ModelContext) -> Iterator[Finding]:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from atlas import run_folder as rf
 from atlas.errors import UserError
 from atlas.fileio import save_npy
 
@@ -56,10 +57,11 @@ def parity(expected: np.ndarray, actual: np.ndarray) -> dict:
             "top1_agreement": float(same_top1.mean()), "top1_identical": bool(same_top1.all()), "count": len(expected)}
 
 
-def write_golden(golden_dir: Path, *, board_inputs: np.ndarray, labels: np.ndarray, reference: np.ndarray) -> dict:
-    golden_dir.mkdir(parents=True, exist_ok=True)
-    save_npy(golden_dir / "inputs.npy", board_inputs)
-    save_npy(golden_dir / "labels.npy", labels.astype(np.int64))
-    save_npy(golden_dir / "reference.npy", reference.astype(np.float32))
-    return {"count": int(len(labels)), "inputs": "golden/inputs.npy", "labels": "golden/labels.npy",
-            "reference": "golden/reference.npy"}
+def write_golden(run_dir: Path, *, board_inputs: np.ndarray, labels: np.ndarray, reference: np.ndarray) -> dict:
+    """golden/{inputs,labels,reference}.npy in the run folder; returns export.json's "golden" entry."""
+    (run_dir / rf.GOLDEN).mkdir(parents=True, exist_ok=True)
+    save_npy(run_dir / rf.GOLDEN_INPUTS, board_inputs)
+    save_npy(run_dir / rf.GOLDEN_LABELS, labels.astype(np.int64))
+    save_npy(run_dir / rf.GOLDEN_REFERENCE, reference.astype(np.float32))
+    return {"count": int(len(labels)), "inputs": rf.GOLDEN_INPUTS, "labels": rf.GOLDEN_LABELS,
+            "reference": rf.GOLDEN_REFERENCE}

@@ -1,50 +1,53 @@
 """The export stage: checkpoint -> model.raw.onnx -> model.onnx (onnxsim) -> lint -> golden data + parity.
 
-`atlas-kd export --run runs/NAME` reads the run's student checkpoint and config; `--onnx FILE` starts from a
-user's own ONNX instead (then there is no torch model, so parity is not measured). Writes export.json.
-A lint error stops the stage (exit 1) with the findings listed.
+`export(cfg, run) -> ExportRecord` reads the run's student checkpoint (or `export.checkpoint`) and config;
+`export.onnx` starts from a user's own ONNX instead (then there is no torch model, so parity is not measured).
+Writes export.json, which also records whether the board is fed uint8 pixels for AIPP (`om.aipp`, decided here
+once). A lint error stops the stage (exit 1) with the findings listed.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import shutil
 import time
 from pathlib import Path
 
-from atlas.config import Config, add_config_arguments, config_from_args, default_run_dir, make_run_dir
+from atlas import run_folder as rf
+from atlas.config import Config
 from atlas.errors import UserError
 from atlas.fileio import atomic_path, sha256_file, write_json
 from export import lint
-from export.onnx_export import export_onnx
 from export.reference import onnx_session, parity, run_onnx, torch_logits, write_golden
 from export.simplify import simplify_onnx
+from training.onnx_form import export_onnx
 
 # Findings that mean "this file cannot be used at all" for a user's ONNX: exit 2 like any unreadable input.
 _UNUSABLE = lint.UNREADABLE_RULES | {"external-data-outside-folder", "external-data-missing", "graph-missing"}
 
 
-def export(cfg: Config, run_dir: str | Path, *, checkpoint_path: str | Path | None = None,
-           onnx_path: str | Path | None = None, log=print) -> dict:
+def export(cfg: Config, run: str | Path | rf.Run, *, log=print) -> rf.ExportRecord:
     from training import checkpoint
     from training.data import dataset_info, load_dataset, normalize
 
-    run_dir = Path(run_dir)
+    run_dir = rf.as_run(run).path
+    checkpoint_path, onnx_path = cfg.export.checkpoint or None, cfg.export.onnx or None
+    if onnx_path and checkpoint_path:
+        raise UserError("--onnx and --checkpoint exclude each other: export either your ONNX or a checkpoint")
     if cfg.export.batch < 1:  # checked before anything is written: a batch-0 model would replace a good one
         raise UserError(f"export.batch must be >= 1 (got {cfg.export.batch}): the .om runs with this fixed batch")
     if cfg.export.golden_count < 1:
         raise UserError(f"export.golden_count must be >= 1 (got {cfg.export.golden_count})")
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    raw_path, model_path = run_dir / "model.raw.onnx", run_dir / "model.onnx"
+    raw_path, model_path = run_dir / rf.RAW_ONNX, run_dir / rf.ONNX
     model = None
     if onnx_path is None:
-        checkpoint_path = Path(checkpoint_path) if checkpoint_path else run_dir / "student.pt"
+        checkpoint_path = Path(checkpoint_path) if checkpoint_path else run_dir / rf.STUDENT
         model, payload = checkpoint.load_model(checkpoint_path, expect_arch=cfg.student.model)
         dataset_name, normalization = payload["dataset"], payload["normalization"]
         input_shape = [cfg.export.batch, *payload["input_shape"]]
         source = {"checkpoint": str(checkpoint_path), "arch": payload["arch"]}
-        make_run_dir(run_dir)
+        rf.Run(run_dir).create()
         export_onnx(model, input_shape, raw_path, opset=cfg.export.opset)
     else:
         onnx_path = Path(onnx_path)
@@ -54,12 +57,12 @@ def export(cfg: Config, run_dir: str | Path, *, checkpoint_path: str | Path | No
         info = dataset_info(cfg.data.dataset)
         dataset_name, normalization = info.name, {"mean": list(info.mean), "std": list(info.std)}
         source = {"onnx": str(onnx_path)}
-        make_run_dir(run_dir)
+        rf.Run(run_dir).create()
         with atomic_path(raw_path, suffix=".onnx") as tmp:
             shutil.copyfile(onnx_path, tmp)
     timings["export_s"] = time.perf_counter() - t0
     failure = {"source": source, "failed": "export"}  # what export.json says if the stage stops from here on
-    with _failure_recorded(run_dir / "export.json", failure):
+    with _failure_recorded(rf.ExportRecord.path(run_dir), failure):
         t = time.perf_counter()
         if cfg.export.simplify:
             sizes = simplify_onnx(raw_path, model_path)
@@ -106,10 +109,10 @@ def export(cfg: Config, run_dir: str | Path, *, checkpoint_path: str | Path | No
 
         aipp = cfg.om.aipp
         board_inputs = images if aipp else inputs  # AIPP normalises on chip: the board gets the raw uint8 pixels
-        golden = write_golden(run_dir / "golden", board_inputs=board_inputs, labels=labels, reference=reference)
+        golden = write_golden(run_dir, board_inputs=board_inputs, labels=labels, reference=reference)
         accuracy = float((reference.argmax(1) == labels).mean())
         timings["total_s"] = time.perf_counter() - t0
-        report = {
+        report = rf.ExportRecord({
             "source": source,
             "dataset": dataset_name,
             "onnx": {"path": model_path.name, "raw_path": raw_path.name, "opset": _opset(model_path),
@@ -125,8 +128,8 @@ def export(cfg: Config, run_dir: str | Path, *, checkpoint_path: str | Path | No
             "parity": parity_report,
             "lint": lint_report,
             "timings_s": timings,
-        }
-        write_json(run_dir / "export.json", report)
+        })
+        report.write(run_dir)
     log(format_summary(report))
     return report
 
@@ -165,27 +168,3 @@ def format_summary(report: dict) -> str:
     lines.append(f"golden: {report['golden']['count']} images ({b['dtype']} {b['layout']}{', AIPP' if b['aipp'] else ''}), "
                  f"reference accuracy {100 * report['reference_accuracy']:.2f} %; stage took {report['timings_s']['total_s']:.1f} s")
     return "\n".join(lines)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--run", metavar="DIR", help="run folder (default runs/<config name>)")
-    parser.add_argument("--checkpoint", metavar="PT", help="checkpoint to export (default <run>/student.pt)")
-    parser.add_argument("--onnx", metavar="FILE", help="start from your own ONNX instead of a checkpoint")
-    add_config_arguments(parser, sections=["data", "student", "export", "om"])
-
-
-def run(args: argparse.Namespace) -> int:
-    if args.run:
-        run_dir = Path(args.run)
-        cfg = config_from_args(args, run_dir)
-    else:
-        cfg = config_from_args(args)
-        run_dir = default_run_dir(cfg)
-        if (run_dir / "config.json").exists() and args.config is None:
-            cfg = config_from_args(args, run_dir)
-    if args.onnx and args.checkpoint:
-        raise UserError("--onnx and --checkpoint exclude each other: export either your ONNX or a checkpoint")
-    if not args.onnx and not (run_dir / "config.json").exists() and args.config is None:
-        raise UserError(f"{run_dir} has no config.json: train first (atlas-kd train), or pass --config / --onnx")
-    export(cfg, run_dir, checkpoint_path=args.checkpoint, onnx_path=args.onnx)
-    return 0

@@ -24,7 +24,7 @@ from atlas.config import TrainConfig  # noqa: E402
 from training.data import load_dataset  # noqa: E402
 from training.distill import KDSetup, fit, predict  # noqa: E402
 from training.models import build_model, make_arch  # noqa: E402
-from training.train import to_splits  # noqa: E402
+from training.distill import to_splits  # noqa: E402
 
 
 def epoch_seconds(arch: dict, train, test, batch: int, kd: KDSetup | None) -> float:

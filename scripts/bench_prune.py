@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from atlas.errors import UserError  # noqa: E402
 from training import checkpoint  # noqa: E402
-from training.prune_stage import onnx_latency_ms, round_ratios  # noqa: E402
+from training.latency import onnx_latency_ms, round_ratios  # noqa: E402
 
 
 def main() -> int:

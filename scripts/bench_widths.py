@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from atlas.errors import UserError  # noqa: E402
 from training.channel_blocks import C0  # noqa: E402
 from training.models import build_model, make_arch  # noqa: E402
-from training.prune_stage import onnx_latency_ms  # noqa: E402
+from training.latency import onnx_latency_ms  # noqa: E402
 from training.slimming import MIN_KEEP, count_macs  # noqa: E402
 
 PRUNABLE = {"tinycnn": lambda w: {"stages": [[c] for c in w]}, "cnn": lambda w: {"stages": [[c] for c in w]},

@@ -31,7 +31,7 @@ from training.data import load_dataset  # noqa: E402
 from training.distill import accuracy, fit  # noqa: E402
 from training.models import build_model, make_arch  # noqa: E402
 from training.pruning import linear_weights, prune_linear, sparsity_of  # noqa: E402
-from training.train import to_splits  # noqa: E402
+from training.distill import to_splits  # noqa: E402
 
 SPARSITIES = (0.0, 0.5, 0.85, 0.95)
 

@@ -19,8 +19,9 @@ import pytest
 from onnx import TensorProto, helper
 
 from atlas import atc
-from atlas.atc import (ATC_DEFAULTS, ERROR_TABLE, FAILURE_LINE, OPSET_RE, START_LINE, SUCCESS_LINE,
-                       build_atc_command, find_atc, option_name, parse_atc_output, run_atc, run_succeeded)
+from atlas.atc import (ERROR_TABLE, FAILURE_LINE, OPSET_RE, START_LINE, SUCCESS_LINE, build_atc_command, find_atc,
+                       option_name, parse_atc_output, run_atc, run_succeeded)
+from atlas.atc_rules import ATC_DEFAULTS
 from atlas.errors import UserError
 
 SPEC = Path(__file__).resolve().parents[2] / "shared" / "spec" / "atc.md"

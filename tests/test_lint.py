@@ -460,7 +460,7 @@ def test_corpus_model_never_crashes_and_cli_exit_code_matches(name, tmp_path, ca
 
 
 def test_every_rule_id_is_kebab_case_with_a_fixed_severity_and_a_source():
-    for rule, (severity, source) in RULES.items():
+    for rule, (severity, source, _atc_code) in RULES.items():
         assert rule == rule.lower() and " " not in rule and "_" not in rule
         assert severity in ("error", "warning") and source
     assert UNREADABLE_RULES <= set(RULES)

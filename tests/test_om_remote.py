@@ -8,7 +8,7 @@ import stat
 import pytest
 
 from atlas.cli import main
-from atlas.sim import sim_om
+from atlas import sim_om
 
 
 @pytest.fixture(scope="module")

@@ -14,14 +14,20 @@ import pytest
 from atlas import atc
 from atlas.aipp import read_insert_op_cfg
 from atlas.cli import main
-from atlas.config import OmConfig
+from atlas.config import Config, OmConfig
 from atlas.errors import UserError
 from atlas.om_stage import build_om
-from atlas.sim import sim_om
+from atlas import sim_om
 from test_atc import failing_atc, fake_atc, succeeding_atc
 from test_atc_sim import make_run
 
 FIXTURE = Path("/work/shared/fixtures/om/a3c_pong_model.om")
+
+
+def om_config(**om_fields) -> Config:
+    cfg = Config()
+    cfg.om = OmConfig(**om_fields)
+    return cfg
 
 
 def om(*argv: str) -> int:
@@ -91,7 +97,7 @@ def test_inspect_reads_the_sim_om_back(tmp_path, capsys):
 
 def test_aipp_route_writes_insert_op_cfg_and_a_uint8_nhwc_model(tmp_path):
     run = make_run(tmp_path / "run", aipp=True)
-    record = build_om(run, OmConfig(sim=True, aipp=True), echo=open("/dev/null", "w"))
+    record = build_om(om_config(sim=True, aipp=True), run, echo=open("/dev/null", "w"))
     (aipp,) = read_insert_op_cfg(run / "insert_op.cfg")
     assert record["aipp"] == aipp and aipp["input_format"] == "YUV400_U8"
     meta = sim_om.read(run / "model.om").meta
@@ -103,7 +109,7 @@ def test_aipp_route_writes_insert_op_cfg_and_a_uint8_nhwc_model(tmp_path):
 def test_aipp_for_cifar_is_rgb888(tmp_path):
     run = make_run(tmp_path / "run", shape=(1, 3, 32, 32), mean=(0.4914, 0.4822, 0.4465), std=(0.247, 0.2435, 0.2616),
                    aipp=True)
-    record = build_om(run, OmConfig(sim=True, aipp=True), echo=open("/dev/null", "w"))
+    record = build_om(om_config(sim=True, aipp=True), run, echo=open("/dev/null", "w"))
     assert record["aipp"]["input_format"] == "RGB888_U8"
     assert sim_om.read(run / "model.om").meta["inputs"][0]["dims"] == [1, 32, 32, 3]
 
@@ -116,10 +122,12 @@ def test_aipp_without_uint8_golden_inputs_asks_to_rerun_export(tmp_path, capsys)
     assert not (run / "model.om").exists()
 
 
-def test_uint8_golden_inputs_without_aipp_is_refused(tmp_path, capsys):
+def test_aipp_is_decided_at_export_and_om_follows_it_without_being_asked(tmp_path, capsys):
+    # was: "uint8 golden inputs without --aipp is refused"; AIPP is now decided once, at export (issue 14)
     run = make_run(tmp_path / "run", aipp=True)
-    assert om("--run", run, "--sim") == 2
-    assert "--aipp" in capsys.readouterr().err
+    assert om("--run", run, "--sim") == 0, capsys.readouterr().err
+    assert json.loads((run / "atc.json").read_text())["aipp"]["input_format"] == "YUV400_U8"
+    assert sim_om.read(run / "model.om").meta["inputs"][0]["dtype"] == "uint8"
 
 
 def test_user_onnx_goes_beside_itself_without_export_json(tmp_path, capsys):
@@ -286,7 +294,7 @@ def test_real_atc_builds_model_om(tmp_path):
     except UserError as e:
         pytest.skip(f"no real ATC installed: {e.message[:80]}...")
     run = make_run(tmp_path / "run")
-    record = build_om(run, OmConfig(sim=False))
+    record = build_om(om_config(sim=False), run)
     assert record["success"] and (run / "model.om").read_bytes()[:4] == b"IMOD"
 
 

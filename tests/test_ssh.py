@@ -1,7 +1,6 @@
 """atlas/ssh.py against a real OpenSSH sshd (the sim board): quoting, atomic uploads, host keys, auth, faults."""
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import shlex
@@ -18,8 +17,8 @@ import pytest
 from atlas.sim.sim_board import ensure_key_pair, start_board, stop_board
 from atlas.ssh import (PASSWORD_ENV, AuthenticationError, BoardAddress, BoardConfigError, BoardSession,
                        BoardUnreachableError, ChangedHostKeyError, HostResolveError, RemoteCommandError,
-                       RemoteFileError, RemoteTimeoutError, UnknownHostKeyError, add_ssh_arguments,
-                       address_from_args, parse_board_spec, remote_command, resolve_board)
+                       RemoteFileError, RemoteTimeoutError, UnknownHostKeyError, open_board, parse_board_spec,
+                       remote_command, resolve_board)
 from sshd_util import accepted_logins, openssh_fingerprint, running_board, session, write_known_hosts
 from tcp_proxy import TcpProxy
 
@@ -110,10 +109,8 @@ def test_default_ssh_config_is_read_from_home(tmp_path):
 def test_identity_option_is_offered_before_the_config_identities(tmp_path):
     config = tmp_path / "config"
     config.write_text("Host b\n  IdentityFile /keys/from_config\n")
-    parser = argparse.ArgumentParser()
-    add_ssh_arguments(parser)
-    args = parser.parse_args(["--ssh-config", str(config), "--identity", "/keys/mine"])
-    assert address_from_args("b", args).identity_files == ["/keys/mine", "/keys/from_config"]
+    session = open_board("b", ssh_config=str(config), identities=["/keys/mine"])
+    assert session.address.identity_files == ["/keys/mine", "/keys/from_config"]
 
 
 @pytest.mark.parametrize("name, text, message", [
@@ -497,10 +494,13 @@ def test_password_is_not_asked_for_without_a_terminal(board, monkeypatch):
 
 
 def test_no_command_line_option_takes_a_password():
-    parser = argparse.ArgumentParser()
-    add_ssh_arguments(parser)
-    options = {o for action in parser._actions for o in action.option_strings}
-    assert options == {"-h", "--help", "--ssh-config", "--known-hosts", "--identity", "--trust-new-host"}
+    from atlas.cli import build_parser
+
+    for command in ("deploy", "om", "doctor"):
+        parser = build_parser(command)._subparsers._group_actions[0].choices[command]
+        options = {o for action in parser._actions for o in action.option_strings}
+        assert {"--ssh-config", "--known-hosts", "--identity", "--trust-new-host"} <= options, command
+        assert not [o for o in options if "pass" in o], command  # passwords: $ATLAS_KD_BOARD_PASSWORD or a prompt
 
 
 # --- a flaky network ------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -24,6 +25,7 @@ from tqdm import tqdm
 from atlas.config import TrainConfig
 from atlas.errors import UserError
 from training import checkpoint
+from training.data import Dataset, normalize
 from training.pmw_sgd import PMWSGD
 
 
@@ -191,3 +193,24 @@ def fit(model: nn.Module, train: Split, test: Split, cfg: TrainConfig, *, batch_
                 "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
             })
     return history
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown device '{name}' (auto, cpu, cuda, cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device '{name}' requested but CUDA is not available (use --device cpu)")
+    return device
+
+
+def to_splits(data: Dataset, device: torch.device) -> tuple[Split, Split]:
+    mean, std = data.info.mean, data.info.std
+
+    def split(images: np.ndarray, labels: np.ndarray) -> Split:
+        return Split(torch.from_numpy(normalize(images, mean, std)).to(device), torch.from_numpy(labels).to(device))
+
+    return split(data.train_images, data.train_labels), split(data.test_images, data.test_labels)

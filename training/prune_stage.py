@@ -12,104 +12,54 @@ PMW-SGD (`--student-optimizer pmw`) and for studying how much of a layer a model
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import math
 import os
 import shutil
-import statistics
-import tempfile
-import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from atlas.config import Config, TrainConfig, add_config_arguments, config_from_args
+from atlas import run_folder as rf
+from atlas.config import Config, TrainConfig
 from atlas.errors import UserError
-from atlas.config import CompressConfig
 from atlas.fileio import atomic_dir, write_json
 from training import channel_blocks, checkpoint
 from training.channel_blocks import C0, block_summary, describe
 from training.data import load_dataset
-from training.distill import KDSetup, accuracy, at_chance_level, fit, predict
+from training.distill import KDSetup, accuracy, at_chance_level, fit, predict, resolve_device, to_splits
+from training.latency import onnx_latency_ms, round_ratios
 from training.models import count_parameters
 from training.pruning import apply_masks, keep_masked, linear_weights, magnitude_masks, sparsity_of
 from training.slimming import count_macs, prune_channels
-from training.train import resolve_device, to_splits
-
-
-def onnx_latency_ms(models: dict[str, torch.nn.Module], input_shape: list[int], batch: int, *,
-                    rounds: int = 9, calls: int | None = None, layout_blocking: bool = True) -> dict[str, dict]:
-    """Median per-call onnxruntime latency (ms) of each model at `batch`, measured interleaved in one process.
-
-    One intra-op thread: the figures then compare work, not how well a tiny graph spreads over cores.
-    `layout_blocking=False` stops at onnxruntime's "extended" graph optimisations, i.e. without its NCHWc
-    layout whose kernels pad channels to 8 or 16 (training.channel_blocks): slower, but proportional to MACs.
-    Also returns each model's per-round figures ("rounds_ms", for round_ratios) and its ONNX size in bytes
-    (the legacy opset-11 export the pipeline uses, unsimplified).
-    """
-    import onnxruntime as ort
-
-    from export.onnx_export import export_onnx
-
-    calls = calls or (200 if batch == 1 else 20)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    if not layout_blocking:
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-    options.log_severity_level = 3
-    sessions, sizes = {}, {}
-    x = np.random.default_rng(0).normal(size=(batch, *input_shape)).astype(np.float32)
-    with tempfile.TemporaryDirectory() as tmp:
-        for name, model in models.items():
-            path = Path(tmp) / f"{name}.onnx"
-            export_onnx(model, [batch, *input_shape], path)
-            sizes[name] = path.stat().st_size
-            sessions[name] = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    times: dict[str, list[float]] = {name: [] for name in models}
-    for session in sessions.values():  # warm-up
-        for _ in range(10):
-            session.run(None, {"input": x})
-    for _ in range(rounds):
-        for name, session in sessions.items():
-            t0 = time.perf_counter()
-            for _ in range(calls):
-                session.run(None, {"input": x})
-            times[name].append((time.perf_counter() - t0) / calls * 1000)
-    return {name: {"ms": statistics.median(times[name]), "rounds_ms": times[name], "onnx_bytes": sizes[name]}
-            for name in models}
-
-
-def round_ratios(result: dict[str, dict], num: str, den: str) -> list[float]:
-    """Per-round latency ratios num/den of one onnx_latency_ms result. The rounds are interleaved, so each
-    pair saw the same machine state; their spread tells whether a median ratio is distinguishable from a
-    threshold (measured at batch 1: medians 0.79-0.87 for the same two models from one run to the next)."""
-    return [a / b for a, b in zip(result[num]["rounds_ms"], result[den]["rounds_ms"])]
 
 
 def nonzero_parameters(model: torch.nn.Module) -> int:
     return sum(int(torch.count_nonzero(p)) for p in model.parameters())
 
 
-def prune(cfg: Config, run_dir: str | Path, out_dir: str | Path | None = None, *, fraction: float | None = None,
-          epochs: int | None = None, align: int | None = None, fc_sparsity: float | None = None,
-          fc_scope: str | None = None, widths: list[int] | None = None, progress: bool = False, log=print) -> dict:
-    run_dir = Path(run_dir)
-    out_dir = Path(os.path.abspath(out_dir if out_dir else run_dir / "pruned"))  # no "." or ".." left
+WIDTHS_REPLACE = "--widths gives each layer's kept channels itself: drop --channels and --align"
+
+
+def prune(cfg: Config, run: str | Path | rf.Run, out_dir: str | Path | None = None, *, progress: bool = False,
+          log=print) -> rf.PruneRecord:
+    """Prune `run`'s student as `cfg.compress` says, fine-tune it with KD, and write the derived run (`out_dir`,
+    default `<run>/pruned`); returns its prune.json record."""
+    run_dir = rf.as_run(run).path
+    out_dir = Path(os.path.abspath(out_dir if out_dir else run_dir / rf.PRUNED))  # no "." or ".." left
+    c = cfg.compress
+    widths = list(c.widths) or None
+    fraction, align, epochs, fc_sparsity, fc_scope = c.channels, c.align, c.finetune_epochs, c.fc_sparsity, c.fc_scope
     if widths:  # the kept widths replace the global threshold (and its rounding)
-        if fraction or (align or 1) > 1:
-            raise UserError("--widths gives each layer's kept channels itself: drop --channels and --align")
+        if align > 1:
+            raise UserError(WIDTHS_REPLACE)
         fraction, align = 0.0, 1
-    fraction = cfg.compress.channels if fraction is None else fraction
-    epochs = cfg.compress.finetune_epochs if epochs is None else epochs
-    align = cfg.compress.align if align is None else align
-    fc_sparsity = cfg.compress.fc_sparsity if fc_sparsity is None else fc_sparsity
-    fc_scope = cfg.compress.fc_scope if fc_scope is None else fc_scope
+    if align < 1:
+        raise UserError(f"--align must be >= 1 (got {align}; 16 matches the Ascend Cube's channel blocks)")
     _check_options(fraction, fc_sparsity, fc_scope, epochs, cfg.compress.finetune_lr, widths)
     _check_out_dir(run_dir, out_dir)
     device = resolve_device(cfg.device)  # fine-tuning's; export, latency and the checkpoint stay on the CPU
-    student, payload = checkpoint.load_model(run_dir / "student.pt")
+    student, payload = checkpoint.load_model(run_dir / rf.STUDENT)
     if cfg.data.dataset != payload["dataset"]:  # fine-tuning and accuracy use the student's own data set
         raise UserError(f"the student in {run_dir} was trained on {payload['dataset']}, not {cfg.data.dataset}: "
                         f"drop --data-dataset (prune fine-tunes and measures on the student's data set)")
@@ -121,7 +71,7 @@ def prune(cfg: Config, run_dir: str | Path, out_dir: str | Path | None = None, *
     pruned, new_arch, keep, removed = _remove_channels(student, arch, fraction, align, widths)
     if fc_sparsity and not linear_weights(pruned):
         raise UserError(f"--fc-sparsity: {arch['name']} has no fully-connected layer to prune")
-    teacher_path = run_dir / "teacher.pt"
+    teacher_path = run_dir / rf.TEACHER
     if epochs and not teacher_path.is_file():
         raise UserError(f"{run_dir} has no teacher.pt, which KD fine-tuning needs: copy the run's teacher there, "
                         "or prune without fine-tuning (--epochs 0)")
@@ -164,7 +114,7 @@ def prune(cfg: Config, run_dir: str | Path, out_dir: str | Path | None = None, *
 
     before, after = side(student, acc_before, "before"), side(pruned, acc_after, "after")
     after["accuracy_before_finetune"] = acc_pruned
-    report = {
+    report = rf.PruneRecord({
         "source": str(run_dir), "arch_before": arch, "arch_after": new_arch, "fraction": fraction,
         "widths_requested": list(widths) if widths else None,
         "align": align, "removed_fraction": removed,
@@ -189,27 +139,27 @@ def prune(cfg: Config, run_dir: str | Path, out_dir: str | Path | None = None, *
                      "history": history},
         "latency_note": ("onnxruntime CPU, 1 intra-op thread, median of interleaved rounds (in brackets: the range of "
                          "the per-round ratios); not Ascend 310 figures"),
-    }
-    step = {"from": str(run_dir / "student.pt"), "fraction": fraction, "fc_sparsity": fc_sparsity,
+    })
+    step = {"from": str(run_dir / rf.STUDENT), "fraction": fraction, "fc_sparsity": fc_sparsity,
             "fc_scope": fc_scope if fc_sparsity else None, "accuracy_before": acc_before, "accuracy_after": acc_after}
     earlier = payload["metrics"].get("pruning_history") or []
     metrics = {**payload["metrics"], "accuracy": acc_after, "params": after["params"], "pruned": step,
                "pruning_history": [*earlier, step]}
-    report["wrote"] = ["student.pt", "config.json", "prune.json"] + (["teacher.pt"] if teacher is not None else [])
+    report["wrote"] = [rf.STUDENT, rf.CONFIG, rf.PruneRecord.FILE] + ([rf.TEACHER] if teacher is not None else [])
     replacing = out_dir.is_dir() and any(out_dir.iterdir())
     _check_out_dir(run_dir, out_dir)  # again: minutes have passed
     with atomic_dir(out_dir) as tmp:  # all or nothing; an earlier prune output there (and its exports) goes
-        checkpoint.save(tmp / "student.pt", {**payload, "arch": new_arch, "metrics": metrics,
+        checkpoint.save(tmp / rf.STUDENT, {**payload, "arch": new_arch, "metrics": metrics,
                                              "state_dict": {k: v.clone() for k, v in pruned.state_dict().items()}})
         # the run's recipe goes with it unchanged (prune.json records this prune's options); a run without one
         # (pruned with --config) gets the config this prune read
-        if (run_dir / "config.json").is_file():
-            shutil.copyfile(run_dir / "config.json", tmp / "config.json")
+        if (run_dir / rf.CONFIG).is_file():
+            shutil.copyfile(run_dir / rf.CONFIG, tmp / rf.CONFIG)
         else:
-            write_json(tmp / "config.json", cfg.to_dict())
+            write_json(tmp / rf.CONFIG, cfg.to_dict())
         if teacher is not None:  # the pruned run is a run like any other: it can be pruned again, with KD
-            _link_or_copy(teacher_path, tmp / "teacher.pt")
-        write_json(tmp / "prune.json", report)
+            _link_or_copy(teacher_path, tmp / rf.TEACHER)
+        report.write(tmp)
     log(format_report(report, out_dir))
     if replacing:
         log(f"(replaced the earlier prune output in {out_dir}, exports included)")
@@ -247,10 +197,10 @@ def _check_out_dir(run_dir: Path, out_dir: Path) -> None:
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"--out {out_dir} exists and is not a folder: give a folder path")
     if out_dir.is_dir() and any(out_dir.iterdir()):
-        if not (out_dir / "prune.json").is_file():
+        if not rf.PruneRecord.exists(out_dir):
             raise UserError(f"--out {out_dir} holds other files and no prune.json: give a new or empty folder (an "
                             "earlier prune output is replaced whole)")
-        nested = sorted(p.name for p in out_dir.iterdir() if (p / "student.pt").is_file())
+        nested = sorted(p.name for p in out_dir.iterdir() if (p / rf.STUDENT).is_file())
         if nested:
             raise UserError(f"--out {out_dir} holds a further pruned run ({', '.join(nested)}) that replacing it "
                             "would delete: move that away first, or give another --out")
@@ -376,46 +326,3 @@ def _ratio_with_spread(ratio: float, spread: dict) -> str:
     the run could not tell the two models' latency apart (seen at batch 1 on a loaded or noisy machine)."""
     note = ": no clear change" if spread["min"] <= 1 <= spread["max"] else ""
     return f"{ratio:.2f} ({spread['min']:.2f}-{spread['max']:.2f}{note})"
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--run", metavar="DIR", required=True, help="trained run folder (student.pt, teacher.pt)")
-    defaults = CompressConfig()
-    parser.add_argument("--channels", type=float, metavar="FRACTION",
-                        help=f"fraction of conv channels to remove (default compress.channels, {defaults.channels}; "
-                        "0: none, e.g. with --fc-sparsity)")
-    parser.add_argument("--epochs", type=int, metavar="N", help="KD fine-tuning epochs after pruning (default "
-                        f"compress.finetune_epochs, {defaults.finetune_epochs}; 0: no fine-tuning, no teacher needed)")
-    parser.add_argument("--align", type=int, metavar="N", help="round each layer's width to a multiple of N "
-                        "(16 matches the Ascend Cube's channel blocks; default 1: no rounding)")
-    parser.add_argument("--fc-sparsity", type=float, metavar="FRACTION",
-                        help="also zero this fraction of the fully-connected weights in all, smallest |w| first "
-                        "(unstructured: no smaller ONNX; for PMW-SGD-trained students); --channels 0 prunes FC "
-                        "weights only")
-    parser.add_argument("--fc-scope", choices=["global", "layer"],
-                        help="rank FC weights across all FC layers (global, default) or prune each layer alike")
-    parser.add_argument("--widths", type=_widths, metavar="W1,W2,...",
-                        help="keep this many channels in each conv instead of --channels' global threshold (the "
-                        "best-scored ones of each layer), e.g. an allocation scripts/bench_widths.py --keep found fast")
-    parser.add_argument("--out", metavar="DIR", help="where the pruned run goes (default <run>/pruned)")
-    # slim and pmw_strength shape training (atlas-kd train); prune's fine-tuning is plain SGD, so it takes neither
-    add_config_arguments(parser, sections=["data", "compress"], exclude=("compress.slim", "compress.pmw_strength"))
-
-
-def _widths(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated channel counts, e.g. 2,16,10; got {text!r}") from None
-    if min(values) < 1:
-        raise argparse.ArgumentTypeError(f"every width must be >= 1, got {text!r}")
-    return values
-
-
-def run(args: argparse.Namespace) -> int:
-    run_dir = Path(args.run)
-    if not (run_dir / "config.json").exists() and args.config is None:
-        raise UserError(f"{run_dir} has no config.json: train first (atlas-kd train --run {run_dir})")
-    prune(config_from_args(args, run_dir), run_dir, args.out, fraction=args.channels, epochs=args.epochs,
-          align=args.align, fc_sparsity=args.fc_sparsity, fc_scope=args.fc_scope, widths=args.widths)
-    return 0

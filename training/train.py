@@ -1,51 +1,30 @@
 """The training stage: teacher, then the KD student, then the same student without KD (the baseline).
 
-Writes into the run folder: config.json, teacher.pt, student.pt, baseline.pt, train.json, curves.png
-(and state/*.pt while a phase runs, so that `--resume` continues after a crash or kill -9).
+`train(cfg, run) -> TrainRecord`. Writes into the run folder: config.json, teacher.pt, student.pt, baseline.pt,
+train.json, curves.png (and state/*.pt while a phase runs, so that `--resume` continues after a crash or kill -9).
+A trained teacher is reused instead of trained when `distill.teacher_checkpoint` names one (`--teacher`).
 """
 from __future__ import annotations
 
-import argparse
-import json
 import math
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from atlas.config import Config, add_config_arguments, config_from_args, default_run_dir
+from atlas import run_folder as rf
+from atlas.config import Config
 from atlas.errors import UserError
-from atlas.fileio import write_json
+from atlas.fileio import read_json, write_json
 from training import checkpoint
-from training.data import Dataset, load_dataset, normalize
-from training.distill import OPTIMIZERS, KDSetup, Split, accuracy, at_chance_level, fit, predict
+from training.data import Dataset, load_dataset
+from training.distill import (OPTIMIZERS, KDSetup, Split, accuracy, at_chance_level, fit, predict, resolve_device,
+                              to_splits)
 from training.models import build_model, count_parameters, make_arch
 from training.slimming import bn_l1_penalty
 
 PHASES = ("teacher", "student", "baseline")
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"unknown device '{name}' (auto, cpu, cuda, cuda:N)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device '{name}' requested but CUDA is not available (use --device cpu)")
-    return device
-
-
-def to_splits(data: Dataset, device: torch.device) -> tuple[Split, Split]:
-    mean, std = data.info.mean, data.info.std
-
-    def split(images: np.ndarray, labels: np.ndarray) -> Split:
-        return Split(torch.from_numpy(normalize(images, mean, std)).to(device), torch.from_numpy(labels).to(device))
-
-    return split(data.train_images, data.train_labels), split(data.test_images, data.test_labels)
 
 
 def _check_config(cfg: Config) -> None:
@@ -67,15 +46,15 @@ def _check_config(cfg: Config) -> None:
 
 
 def _prepare_run_dir(cfg: Config, run_dir: Path, resume: bool) -> None:
-    config_path = run_dir / "config.json"
+    config_path = run_dir / rf.CONFIG
     if resume and config_path.exists():
-        saved = json.loads(config_path.read_text())
+        saved = read_json(config_path)
         if saved != cfg.to_dict():
             changed = sorted(_diff_keys(saved, cfg.to_dict()))
             raise UserError(f"{run_dir} was trained with a different config ({', '.join(changed)}); "
                             "resume with the same options, or start a new --run")
     if not resume:
-        for stale in (run_dir / "state").glob("*.pt") if (run_dir / "state").exists() else []:
+        for stale in (run_dir / rf.TRAIN_STATE).glob("*.pt") if (run_dir / rf.TRAIN_STATE).exists() else []:
             stale.unlink()
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(config_path, cfg.to_dict())
@@ -92,10 +71,11 @@ def _diff_keys(a: dict, b: dict, prefix: str = "") -> set[str]:
     return keys
 
 
-def train(cfg: Config, run_dir: str | Path, *, teacher_path: str | Path | None = None, resume: bool = False,
-          progress: bool = True, log=print) -> dict:
+def train(cfg: Config, run: str | Path | rf.Run, *, resume: bool = False, progress: bool = True,
+          log=print) -> rf.TrainRecord:
     """Run the whole training stage; returns (and writes) the train.json summary."""
-    run_dir = Path(run_dir)
+    run_dir = rf.as_run(run).path
+    teacher_path = cfg.distill.teacher_checkpoint or None
     _check_config(cfg)
     device = resolve_device(cfg.device)
     started = time.perf_counter()
@@ -109,7 +89,7 @@ def train(cfg: Config, run_dir: str | Path, *, teacher_path: str | Path | None =
     models: dict[str, torch.nn.Module] = {}
 
     def run_phase(role: str, spec, kd: KDSetup | None, seed_offset: int) -> None:
-        final = run_dir / f"{role}.pt"
+        final = run_dir / rf.CHECKPOINTS[role]
         arch = make_arch(spec.model, data.info.input_shape, data.info.num_classes)
         if resume and final.exists():
             model, payload = checkpoint.load_model(final, expect_arch=spec.model)
@@ -123,7 +103,7 @@ def train(cfg: Config, run_dir: str | Path, *, teacher_path: str | Path | None =
         slim = bn_l1_penalty(cfg.compress.slim) if cfg.compress.slim and role != "teacher" else None
         history = fit(model, train_split, test_split, spec, batch_size=cfg.data.batch_size,
                       seed=cfg.seed + 1000 + seed_offset, kd=kd, augment=cfg.data.augment,
-                      state_path=run_dir / "state" / f"{role}.pt", resume=resume, desc=role, progress=progress,
+                      state_path=run_dir / rf.TRAIN_STATE / f"{role}.pt", resume=resume, desc=role, progress=progress,
                       log=log, extra_loss=slim, pmw_strength=cfg.compress.pmw_strength)
         metrics = _phase_metrics(spec.model, model, history, test_split)
         if slim is not None:
@@ -134,7 +114,7 @@ def train(cfg: Config, run_dir: str | Path, *, teacher_path: str | Path | None =
             metrics["kd"] = {"temperature": kd.temperature, "alpha": kd.alpha,
                              "teacher_logits_cached": kd.cached_logits is not None}
         checkpoint.save(final, checkpoint.model_payload(model, arch, role, dataset, config, metrics))
-        (run_dir / "state" / f"{role}.pt").unlink(missing_ok=True)
+        (run_dir / rf.TRAIN_STATE / f"{role}.pt").unlink(missing_ok=True)
         models[role], results[role] = model, metrics
 
     # Teacher: trained here, or reused from --teacher (copied in so the run folder stands alone).
@@ -146,7 +126,7 @@ def train(cfg: Config, run_dir: str | Path, *, teacher_path: str | Path | None =
                             f"{payload['input_shape']}, this run uses {cfg.data.dataset} {list(data.info.input_shape)}")
         teacher = teacher.to(device)
         metrics = {**payload["metrics"], "accuracy": accuracy(teacher, test_split), "reused_from": str(teacher_path)}
-        checkpoint.save(run_dir / "teacher.pt", {**payload, "metrics": metrics})
+        checkpoint.save(run_dir / rf.TEACHER, {**payload, "metrics": metrics})
         models["teacher"], results["teacher"] = teacher, metrics
         log(f"teacher: reusing {teacher_path} ({payload['arch']['name']}, {100 * metrics['accuracy']:.2f} % here)")
     else:
@@ -160,9 +140,9 @@ def train(cfg: Config, run_dir: str | Path, *, teacher_path: str | Path | None =
     if cfg.distill.baseline:
         run_phase("baseline", cfg.student, None, seed_offset=1)
 
-    summary = _summary(cfg, data, results, device, time.perf_counter() - started)
-    write_json(run_dir / "train.json", summary)
-    _plot_curves(run_dir / "curves.png", results)
+    summary = rf.TrainRecord(_summary(cfg, data, results, device, time.perf_counter() - started))
+    summary.write(run_dir)
+    _plot_curves(run_dir / rf.CURVES, results)
     log(format_summary(summary))
     return summary
 
@@ -252,26 +232,3 @@ def _plot_curves(path: Path, results: dict) -> None:
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
-
-
-# --- CLI -------------------------------------------------------------------------------------------------
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--run", metavar="DIR", help="run folder (default runs/<config name>)")
-    parser.add_argument("--teacher", metavar="PATH", help="reuse a trained teacher checkpoint instead of training one")
-    parser.add_argument("--resume", action="store_true", help="continue an interrupted run from its last epoch")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    add_config_arguments(parser)
-    parser.add_argument("--dataset", dest="cfg:data.dataset", metavar="NAME", help="alias of --data-dataset")
-    parser.add_argument("--slim", dest="cfg:compress.slim", metavar="LAMBDA",
-                        help="network slimming: L1 penalty on the student's BN scale factors (alias of --compress-slim)")
-
-
-def run(args: argparse.Namespace) -> int:
-    cfg = config_from_args(args, run_dir=None)
-    run_dir = Path(args.run) if args.run else default_run_dir(cfg)
-    train(cfg, run_dir, teacher_path=args.teacher, resume=args.resume,
-          progress=not args.no_progress and sys.stderr.isatty())
-    written = [name for name in ("teacher", "student", "baseline") if (run_dir / f"{name}.pt").exists()]
-    print(f"wrote {run_dir}/{{{','.join(written)}}}.pt, train.json, curves.png")
-    return 0

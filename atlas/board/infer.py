@@ -24,11 +24,13 @@ from acl_session import AclError, ModelError, ModelSession
 import acl_consts as C
 
 PROG = "infer.py"
-# = SIM_MAGIC in atlas/sim/sim_om.py, copied because nothing of the project but this folder reaches the board
+# = SIM_MAGIC in atlas/sim_om.py, copied because nothing of the project but this folder reaches the board
 SIM_OM_MAGIC = b"AKDSIMOM"
 SIM_OM_ON_REAL_BOARD = ("this is a simulated .om, built by atc-sim: a real Ascend board cannot run it; "
                         "build a real one with `make om` (ATC)")
 NPY_MAGIC = b"\x93NUMPY"
+# = REMOTE_TIMING in atlas/run_folder.py (the name deploy fetches), likewise copied
+TIMING_NAME = "timing.json"
 PROGRESS_EVERY_S = 2.0
 
 
@@ -52,7 +54,7 @@ def parse_args(argv):
     if args.batch is not None and args.batch < 1:
         parser.error("--batch must be >= 1")
     if args.timing is None:
-        args.timing = os.path.join(os.path.dirname(os.path.abspath(args.output)), "timing.json")
+        args.timing = os.path.join(os.path.dirname(os.path.abspath(args.output)), TIMING_NAME)
     return args
 
 

@@ -11,9 +11,6 @@ from typing import Any, Mapping
 
 import numpy as np
 
-# model channel count per AIPP input_format (spec/atc.md §6)
-CHANNELS = {"YUV400_U8": 1, "RGB888_U8": 3, "XRGB8888_U8": 4, "YUV420SP_U8": 1}
-
 
 def apply_aipp(images: np.ndarray, aipp: Mapping[str, Any], fp16: bool = False) -> np.ndarray:
     """uint8 NHWC images -> normalised NCHW float32, computed in float16 when `fp16` (as the chip stores it).

@@ -16,22 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from atlas.atc import (CONTINUATION, FAILURE_LINE, LOG_LEVELS, PRECISION_MODES, SOC_VERSIONS_310, START_LINE,
-                       SUCCESS_LINE, OnnxInput, graph_inputs)
+from atlas.atc import CONTINUATION, FAILURE_LINE, START_LINE, SUCCESS_LINE, OnnxInput, graph_inputs
+from atlas.atc_rules import (ATC_5X_FLAGS, LOG_LEVELS, ONNX_INPUT_FORMATS, PRECISION_MODES, RULES,
+                             SOC_VERSIONS_310)
 
 EXIT_FAILED = 255  # domi::FAILED / return -1 (§3)
 EXIT_FLAGS = 1  # gflags errors (§2.1)
 
-# §2.1: every flag the 5.x ATC defines (GE5), plus the gflags built-ins we answer
-ATC_5X_FLAGS = frozenset((
-    "model output framework weight input_shape input_shape_range h cal_conf insert_op_conf op_name_map target om "
-    "json mode out_nodes op_precision_mode precision_mode modify_mixlist keep_dtype input_format check_report "
-    "input_fp16_nodes is_output_adjust_hw_layout is_input_adjust_hw_layout output_type op_select_implmode "
-    "optypelist_for_implmode singleop disable_reuse_memory auto_tune_mode soc_version core_type aicore_num "
-    "buffer_optimize fusion_switch_file save_original_model dynamic_batch_size dynamic_image_size dynamic_dims "
-    "enable_small_channel enable_compress_weight compress_weight_conf enable_single_stream log dump_mode "
-    "op_debug_level enable_scope_fusion_passes debug_dir op_compiler_cache_dir op_compiler_cache_mode "
-    "mdl_bank_path op_bank_path display_model_info device_id").split())
 GFLAGS_BUILTINS = frozenset(("help helpfull helpshort helpmatch helpon helppackage helpxml version flagfile fromenv "
                              "tryfromenv undefok tab_completion_columns tab_completion_word").split())
 HELP_FLAGS = frozenset(("help", "h", "helpfull", "helpshort"))
@@ -49,7 +40,6 @@ NO_NUMERIC_EFFECT = frozenset(("enable_small_channel", "disable_reuse_memory", "
                                "op_bank_path", "device_id", "core_type", "aicore_num", "save_original_model",
                                "check_report", "dump_mode"))
 
-ONNX_INPUT_FORMATS = ("NCHW", "ND", "NCDHW")  # §2.2
 INPUT_SHAPE_FORMAT = '"input_name1:n1,c1,h1,w1;input_name2:n2,c2,h2,w2"'
 NOT_EMULATED = "atc-sim (the board-free stand-in) does not emulate it; use the real ATC of the CANN toolkit"
 
@@ -265,44 +255,43 @@ def check_shapes(inputs: list[OnnxInput], requested: dict[str, list[int]]) -> di
 
 
 def lint_errors(model_path: str, model, fixed_inputs: set[str]) -> list[AtcError]:
-    """atlas-kd's lint errors as the ATC errors they stand for (codes per spec §1/§4; mapping [INFER])."""
+    """atlas-kd's lint errors as the ATC errors they stand for (the code of each rule is in atlas/atc_rules.py)."""
     from export.lint import has_errors, lint_file
 
     findings = [f for f in lint_file(model_path) if f.severity == "error"]
     # a dynamic dim that --input_shape fixes is fine for ATC (§5 model-level rules)
-    findings = [f for f in findings if not (f.rule == "input-dynamic-dim" and _quoted(f.target) in fixed_inputs)]
+    findings = [f for f in findings if not (f.rule == "input-dynamic-dim" and f.subject.get("input") in fixed_inputs)]
     if not has_errors(findings):
         return []
     errors: list[AtcError] = []
-    rules = {f.rule for f in findings}
-    if rules & {"opset-unsupported", "opset-missing"}:
+    if {f.rule for f in findings} & {"opset-unsupported", "opset-missing"}:
         errors += _no_parser_errors(model, None)  # the opset is model-wide: every node fails (§1)
     for f in findings:
         if f.rule in ("opset-unsupported", "opset-missing"):
             continue
-        node = _node_of(model, f.target)
-        if f.rule in ("op-unsupported", "op-not-in-table", "domain-unsupported") and node is not None:
+        code = RULES[f.rule].atc_code
+        node = _node_of(model, f.subject)
+        if code == "E19010" and node is not None:
             errors += _no_parser_errors(model, node)
-        elif f.rule == "opset-duplicate":
+        elif code == "E16005":
             count = sum(1 for o in model.opset_import if o.domain in ("", "ai.onnx"))
             errors.append(AtcError("E16005", f"The model has {count} --domain_version fields, but only one is allowed."))
-        elif f.rule == "graph-missing":
+        elif code == "E16004":
             errors.append(AtcError("E16004", "ONNX model has no graph."))
-        elif f.rule in ("graph-no-inputs", "graph-no-outputs"):
+        elif code == "E16001":
             kind = "input" if f.rule == "graph-no-inputs" else "output"
             errors.append(AtcError("E16001", f"The ONNX model has no {kind} node."))
-        elif f.rule == "input-dynamic-dim":
+        elif code == "E10011":
             errors.append(AtcError("E10011", f"Value for --input_shape is invalid: {f.target} {f.message}"))
-        elif f.rule in ("io-dtype-int64", "io-dtype-unsupported", "conv-output-width-1", "conv-input-not-4d",
-                        "input-width-over-4096"):
+        elif code == "EZ3002":
             op = node.op_type if node is not None else "Data"
             errors.append(AtcError("EZ3002", f"Optype [{op}] of Ops kernel [AIcoreEngine] is unsupported. "
                                              f"Reason: {f.message}.", [f"Solution: {f.hint}"]))
-        elif node is not None and f.rule != "lint-rule-crashed":
+        elif code == "E14001" and node is not None:
             errors.append(AtcError("E14001", f"Argument {f.rule} for Op {node.name or node.op_type} with optype "
                                              f"{node.op_type} is invalid. Reason: {f.message}.",
                                    [f"Solution: {f.hint}"]))
-        elif f.rule.startswith(("external-data", "tensor-unreadable", "model-too-large")):
+        elif code == "E10041":
             errors.append(AtcError("E10041", f"Failed to load the model from {model_path}.",
                                    [f"PossibleCause: {f.message}", f"Solution: {f.hint}"]))
         else:
@@ -313,20 +302,12 @@ def lint_errors(model_path: str, model, fixed_inputs: set[str]) -> list[AtcError
     return errors
 
 
-def _quoted(target: str) -> str:
-    m = re.search(r"'(.*)'", target)
-    return m.group(1) if m else target
-
-
-def _node_of(model, target: str):
-    m = re.match(r"node '(.*)' \((\w+)\)$", target)
-    if not m:
+def _node_of(model, subject: dict):
+    """The top-level graph node a finding names (subgraph nodes have no ATC counterpart here)."""
+    index = subject.get("node_index")
+    if index is None or subject.get("graph") or index >= len(model.graph.node):
         return None
-    name, op_type = m.groups()
-    for index, node in enumerate(model.graph.node):
-        if node.op_type == op_type and (node.name == name or (not node.name and name == f"#{index}")):
-            return node
-    return None
+    return model.graph.node[index]
 
 
 def _no_parser_errors(model, only) -> list[AtcError]:
@@ -354,7 +335,7 @@ def build(flags: dict[str, str], argv: list[str]) -> tuple[Path, dict[str, Any]]
 
     from atlas.aipp import AippConfigError, check_aipp_matches_model, read_insert_op_cfg
     from atlas.fileio import write_bytes
-    from atlas.sim import sim_om
+    from atlas import sim_om
     from atlas.sim.fp16 import PRECISION_NUMERICS, prepare_for_fp16
 
     model_path = flags["model"]

@@ -201,6 +201,15 @@ def _say(log, message: str) -> None:
     (log or (lambda m: print(m, file=sys.stderr, flush=True)))(message)
 
 
+def doctor_report() -> dict:
+    """What `atlas-kd doctor` says about the sim board's sshd (found only, never fetched)."""
+    try:
+        sshd = find_sshd(fetch=False)
+    except UserError as e:
+        return {"sshd": None, "why": e.message}
+    return {"sshd": str(sshd.binary), "sshd_source": sshd.source}
+
+
 def main() -> int:
     try:
         sshd = find_sshd(fetch=True)

@@ -11,7 +11,8 @@ import sys
 import numpy as np
 
 from atlas.board import acl_consts as C
-from atlas.sim import aipp_math, sim_om
+from atlas import sim_om
+from atlas.sim import aipp_math
 
 from ._errors import Fail
 

@@ -1,13 +1,5 @@
-"""OpenSSH's `Include` for paramiko, whose ssh-config parser ignores it (paramiko 5.1), and the Host names.
-
-Many users keep their hosts in `~/.ssh/config.d/*` behind one `Include` line; without this, such a board alias
-would silently not resolve. The expansion follows ssh_config(5): each argument is a path or glob, `~` is the
-home folder, a relative path is taken from ~/.ssh, matches are read in lexical order, a pattern that matches
-nothing is no error, and nesting stops at 16 levels. The included text is spliced in place. One case cannot be
-spliced faithfully and is refused with a clear line: an `Include` inside a Host or Match block (other than
-`Host *` or `Match all`) whose file has Host or Match lines of its own (OpenSSH would keep applying the outer
-block's condition to them).
-"""
+"""OpenSSH's `Include` for paramiko, whose ssh-config parser ignores it (paramiko 5.1): many users keep their
+hosts in `~/.ssh/config.d/*` behind one `Include` line, and such a board alias would silently not resolve."""
 from __future__ import annotations
 
 import glob
@@ -40,7 +32,14 @@ class IncludeError(ValueError):
 
 
 def expand_includes(path: Path, depth: int = 0) -> str:
-    """The text of the ssh config at `path` with every Include line replaced by the files it names."""
+    """The text of the ssh config at `path` with every Include line replaced by the files it names.
+
+    As in ssh_config(5): each argument is a path or glob, `~` is the home folder, a relative path is taken
+    from ~/.ssh, matches are read in lexical order, a pattern that matches nothing is no error, and nesting
+    stops at 16 levels. One case cannot be spliced faithfully and is refused with a clear line: an `Include`
+    inside a Host or Match block (other than `Host *` or `Match all`) whose file has Host or Match lines of
+    its own (OpenSSH would keep applying the outer block's condition to them).
+    """
     if depth > MAX_DEPTH:
         raise IncludeError(f"Include nesting deeper than {MAX_DEPTH} levels at {path} (a file including itself?)")
     try:

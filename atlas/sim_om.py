@@ -1,6 +1,7 @@
 """The simulated `.om` container written by atc-sim and read by the pyACL emulator.
 
-It must never be mistaken for a real offline model: a real `.om` starts with the bytes `IMOD`
+Production owns this format (the simulator uses it): om --inspect describes such a file, and om, deploy and the
+board app refuse it where a real model is needed. It must never be mistaken for a real offline model: a real `.om` starts with the bytes `IMOD`
 (spec/atc.md §8), ours with `AKDSIMOM`, so real tooling rejects it at the first check.
 
 Layout (little-endian):

@@ -1,4 +1,6 @@
-"""Student checkpoint -> ONNX the way ATC of CANN 5.x wants it: legacy exporter, opset 11, static shape.
+"""A torch model -> ONNX the way ATC of CANN 5.x wants it: legacy exporter, opset 11, static shape.
+
+Here, upstream of export/, because prune measures its models as ONNX too (training never imports export/).
 
 torch >= 2.9 defaults to the dynamo exporter (opset >= 18), which the Atlas 200 DK's ATC cannot parse
 (spec/atc.md §1), hence `dynamo=False`. The input is named "input" and the output "logits"; weights are

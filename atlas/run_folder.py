@@ -1,0 +1,279 @@
+"""The run folder is the contract between stages: every artifact's name and every JSON record, defined once.
+
+Stages never reach into each other's Python objects: a later stage learns about an earlier one only through the
+files named here. A record is a dict with the keys later stages rely on, checked when it is read (one line naming
+the file when it is missing, corrupt or not what it claims to be) and written atomically. Records are extensible:
+a subclass of `Record` with its file name is a new record; extra keys in a record are kept. Freshness: records keep
+the sha256 of what their stage consumed, so a later stage can tell when an input was rebuilt since (`stale_*`).
+A derived run (a pruned variant today) is a run folder of its own inside its parent: `<run>/pruned/`.
+
+`atlas/board/` ships alone to the board and keeps its own copies of the board-side names (a test checks they
+equal the ones here).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+from atlas.errors import UserError
+from atlas.fileio import read_json, require_writable, sha256_file, write_json
+
+# --- artifacts, relative to the run folder (the stage that writes each: see docs/architecture.md) ------------
+CONFIG = "config.json"  # train: the config the run was made with; every later stage reads it
+TEACHER = "teacher.pt"
+STUDENT = "student.pt"
+BASELINE = "baseline.pt"
+CHECKPOINTS = {"teacher": TEACHER, "student": STUDENT, "baseline": BASELINE}
+TRAIN_STATE = "state"  # train: per-phase state while a phase runs (--resume)
+CURVES = "curves.png"
+RAW_ONNX = "model.raw.onnx"  # export: as torch (or the user) gave it
+ONNX = "model.onnx"  # export: simplified; what ATC converts
+GOLDEN = "golden"
+GOLDEN_INPUTS = "golden/inputs.npy"  # what the board is fed (float32 NCHW, or uint8 NHWC with AIPP)
+GOLDEN_LABELS = "golden/labels.npy"
+GOLDEN_REFERENCE = "golden/reference.npy"  # onnxruntime fp32 outputs
+MODEL_OM = "model.om"
+ATC_LOG = "atc.log"
+INSERT_OP_CFG = "insert_op.cfg"  # om: the AIPP config, when export chose AIPP
+ATC_BUILD_PREFIX = ".atc-"  # om: ATC's temp build folder inside the run folder
+BOARD = "board"  # deploy: board/ (one board) or board/<label>/ (several)
+BOARD_OUTPUTS = "outputs.npy"
+BOARD_TIMING = "timing.json"
+BOARD_LOG = "log.txt"
+CONFUSION = "confusion.png"  # verify, beside each board's outputs
+REPORT = "report.md"  # verify: one page over every record of the run
+PRUNED = "pruned"  # prune: the derived run
+
+# --- on the board, under <deploy.remote_dir>/<run name>/ ------------------------------------------------------
+REMOTE_MODEL = "model.om"
+REMOTE_INPUTS = "inputs.npy"
+REMOTE_APP = "app"
+REMOTE_OUTPUTS = "outputs.npy"  # = BOARD_OUTPUTS: fetched under the same names
+REMOTE_TIMING = "timing.json"
+REMOTE_ATC = "atc"  # om --on-board: ATC's folder
+REMOTE_RESULTS = (REMOTE_OUTPUTS, REMOTE_TIMING)  # written only by the app: removed before each run
+
+
+class Run:
+    """A run folder: where its artifacts are, and its derived runs."""
+
+    def __init__(self, path: str | os.PathLike | Run):
+        self.path = Path(path.path if isinstance(path, Run) else path)
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    def __fspath__(self) -> str:
+        return os.fspath(self.path)
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.path)!r})"
+
+    @property
+    def name(self) -> str:
+        """The run's name on a board (its folder's name)."""
+        return self.path.resolve().name
+
+    def derived(self, kind: str) -> Run:
+        return Run(self.path / kind)
+
+    def create(self) -> Run:
+        """Make the folder (and its parents) for a stage to write into; one line when it cannot be one."""
+        if self.path.exists() and not self.path.is_dir():
+            raise UserError(f"run folder {self.path} is a file, not a folder: pass --run with a folder path")
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"cannot create the run folder {self.path}: {e.strerror or e} (pass --run with a folder "
+                            "you can write)") from None
+        require_writable([self.path], "the stage writes its artifacts there (or pass --run with another folder)")
+        return self
+
+
+def as_run(run: str | os.PathLike | Run) -> Run:
+    return run if isinstance(run, Run) else Run(run)
+
+
+R = TypeVar("R", bound="Record")
+
+
+class Record(dict):
+    """One JSON record of a run: a plain dict (JSON-ready), with `read`, `check` and `write`.
+
+    Subclasses name their FILE, what makes it (MADE_BY, for the one-line hints) and the top-level keys later
+    stages rely on (REQUIRED); `check` can add rules.
+    """
+
+    FILE: ClassVar[str] = ""
+    MADE_BY: ClassVar[str] = ""  # e.g. "`atlas-kd export --run {run}` (make onnx)"
+    REQUIRED: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def path(cls, run: str | os.PathLike | Run) -> Path:
+        return as_run(run) / cls.FILE
+
+    @classmethod
+    def hint(cls, run: str | os.PathLike | Run) -> str:
+        return cls.MADE_BY.format(run=as_run(run).path)
+
+    @classmethod
+    def exists(cls, run: str | os.PathLike | Run) -> bool:
+        return cls.path(run).is_file()
+
+    @classmethod
+    def read(cls: type[R], run: str | os.PathLike | Run) -> R:
+        """The record, checked; a UserError naming the file when it is missing, not JSON, or not this record."""
+        path = cls.path(run)
+        if not path.is_file():
+            raise UserError(f"{path}: not found; run {cls.hint(run)} first")
+        data = read_json(path)
+        record = cls(data if isinstance(data, dict) else {})
+        problem = record.problem() if isinstance(data, dict) else (record.problem() or "it is not a JSON object")
+        if problem:
+            raise UserError(f"{path}: {problem}: fix it and re-run {cls.hint(run)}")
+        return record
+
+    @classmethod
+    def read_if_present(cls: type[R], run: str | os.PathLike | Run) -> R | None:
+        return cls.read(run) if cls.exists(run) else None
+
+    @classmethod
+    def read_unchecked(cls: type[R], run: str | os.PathLike | Run) -> R | None:
+        """The record as it is (unreadable JSON is still one line), None when absent or not a JSON object: for
+        a stage that looks at a few keys and tolerates a hand-edited record."""
+        if not cls.exists(run):
+            return None
+        data = read_json(cls.path(run))
+        return cls(data) if isinstance(data, dict) else None
+
+    @classmethod
+    def read_for_report(cls: type[R], run: str | os.PathLike | Run) -> R | None:
+        """The record when it is there and readable, else None: a report leaves a hand-edited record out."""
+        try:
+            return cls.read_if_present(run)
+        except UserError:
+            return None
+
+    def problem(self) -> str | None:
+        """Why this is not a usable record (None: it is)."""
+        missing = [key for key in self.REQUIRED if key not in self]
+        if missing:
+            return f"it is not a complete {self.FILE} record (no {', '.join(missing)})"
+        return None
+
+    def write(self, run: str | os.PathLike | Run) -> Path:
+        path = self.path(run)
+        write_json(path, dict(self))
+        return path
+
+    @classmethod
+    def remove(cls, run: str | os.PathLike | Run) -> None:
+        cls.path(run).unlink(missing_ok=True)
+
+
+# --- the records -------------------------------------------------------------------------------------------
+
+class TrainRecord(Record):
+    FILE = "train.json"
+    MADE_BY = "`atlas-kd train --run {run}` (make train)"
+    REQUIRED = ("teacher", "student", "distillation", "dataset")
+
+
+class PruneRecord(Record):
+    FILE = "prune.json"
+    MADE_BY = "`atlas-kd prune --run <the run {run} was pruned from>` (make prune)"
+    REQUIRED = ("before", "after", "ratios")
+
+
+class ExportRecord(Record):
+    """export.json: the ONNX, its input and output, the golden set, and what the board is fed.
+    A failed export leaves `{"failed": stage, "error": ...}` so that no later stage trusts an earlier record."""
+
+    FILE = "export.json"
+    MADE_BY = "`atlas-kd export --run {run}` (make onnx)"
+    REQUIRED = ("onnx", "input", "board_input")
+
+    def problem(self) -> str | None:
+        if self.get("failed"):
+            return f"the last export failed ({self['failed']})"
+        if not isinstance(self.get("onnx"), dict) or not isinstance(self.get("board_input"), dict):
+            return "it is not the record of a finished export"
+        return super().problem() and "it is not the record of a finished export"
+
+    def onnx_path(self, run: str | os.PathLike | Run) -> Path:
+        return as_run(run) / self["onnx"].get("path", ONNX)
+
+    def board_inputs_path(self, run: str | os.PathLike | Run) -> Path:
+        return as_run(run) / self["board_input"].get("path", GOLDEN_INPUTS)
+
+    @property
+    def batch(self) -> int:
+        return int(self["input"]["shape"][0])
+
+    @property
+    def aipp(self) -> bool:
+        """Whether export chose on-chip normalisation (uint8 NHWC board inputs): decided once, read by om."""
+        return bool(self["board_input"].get("aipp"))
+
+    @property
+    def normalization(self) -> dict[str, list[float]]:
+        return self.get("normalization") or {}
+
+
+class AtcRecord(Record):
+    FILE = "atc.json"
+    MADE_BY = "`atlas-kd om --run {run}` (make om, or make om SIM=1)"
+    REQUIRED = ("tool", "success", "onnx")
+
+    @property
+    def built_from(self) -> str | None:
+        """The sha256 of the ONNX this .om was built from."""
+        return (self.get("onnx") or {}).get("sha256")
+
+
+class DeployRecord(Record):
+    FILE = "deploy.json"
+    MADE_BY = "`atlas-kd deploy --run {run}` (make deploy)"
+    REQUIRED = ("boards",)
+
+    def ok_boards(self) -> list[dict[str, Any]]:
+        return [b for b in self.get("boards") or [] if b.get("status") == "ok"]
+
+
+class VerifyRecord(Record):
+    FILE = "verify.json"
+    MADE_BY = "`atlas-kd verify --run {run}` (make verify)"
+    REQUIRED = ("boards", "passed")
+
+
+RECORDS: tuple[type[Record], ...] = (TrainRecord, PruneRecord, ExportRecord, AtcRecord, DeployRecord, VerifyRecord)
+
+
+# --- freshness: is what a later stage consumed still what it was? ---------------------------------------------
+
+def stale_om(run: str | os.PathLike | Run, export: ExportRecord) -> str | None:
+    """Why model.om does not belong to the current export (None: it does, or nothing says otherwise)."""
+    atc = AtcRecord.read_for_report(run)
+    built_from, exported = (atc.built_from if atc else None), (export.get("onnx") or {}).get("sha256")
+    if built_from and exported and built_from != exported:
+        return (f"{as_run(run) / MODEL_OM} was built from another ONNX than the current export (atc.json and "
+                "export.json differ): build it again with make om (SIM=1 for the sim board)")
+    return None
+
+
+def stale_upload(run: str | os.PathLike | Run, board: dict[str, Any], inputs: Path) -> str | None:
+    """Why a board's outputs no longer answer the current model.om and golden inputs (deploy.json keeps the
+    sha256 of what it sent); None when they still do."""
+    run = as_run(run)
+    current = {REMOTE_MODEL: run / MODEL_OM, REMOTE_INPUTS: inputs}
+    for upload in board.get("uploads") or []:
+        local = current.get(upload.get("file"))
+        if local is not None and local.is_file() and upload.get("sha256") and sha256_file(local) != upload["sha256"]:
+            what = "built again" if upload["file"] == REMOTE_MODEL else "exported again"
+            return (f"{run / board['local_dir']}: the board ran an earlier {upload['file']} ({local} was {what} "
+                    "since): deploy again (make deploy), or pass --board-dir DIR with outputs you trust")
+    return None
