@@ -83,6 +83,9 @@ RULES: dict[str, Rule] = {
     "external-data-out-of-range": Rule(ERROR, "offset + length past the end of the external file", "E10041"),
     "model-too-large": Rule(ERROR, "spec §4 E10041: > 2 GB fails to load (protobuf limit)", "E10041"),
     "model-over-board-budget": Rule(WARNING, "our assumption of what an Atlas 200 DK holds: DEFAULT_MAX_BOARD_BYTES"),
+    "tensor-over-board-memory": Rule(ERROR, "one input or intermediate tensor larger than the board's whole memory "
+                                     "(BOARD_MEMORY_MIB): it cannot be allocated on the device", "E19999"),
+    "tensor-large": Rule(WARNING, "one tensor above LARGE_TENSOR_BYTES: a large share of the board's memory"),
 }
 
 UNREADABLE_RULES: frozenset[str] = frozenset(
@@ -102,6 +105,11 @@ PROTOBUF_LIMIT_BYTES = 2**31 - 1
 # time (file buffer + device copy) beside the feature maps, so we budget 1 GiB (1/8 of the board) for the model
 # files. Override with --max-board-bytes.
 DEFAULT_MAX_BOARD_BYTES = 1 << 30
+# The Atlas 200 DK has 8 GB of LPDDR4X (a 4 GB model exists too), shared by Ubuntu, the app and the AI cores
+# [OFF: Huawei Atlas 200 DK developer kit specifications; COMM as above]. No single tensor can be larger than that;
+# `deploy.memory_mib` (lint --board-memory-mib) sets it for another board. ATC's code for it is our choice [INFER].
+BOARD_MEMORY_MIB = 8192
+LARGE_TENSOR_BYTES = 1 << 30
 
 # spec §5 table: ATC ONNX plugins for Ascend 310, with the opsets the 2022 plugins (PLG) register. Every op here
 # is fine at opset 11. Anything not listed is reported, because the spec is silent on it.

@@ -29,6 +29,7 @@ from typing import Callable
 from atlas import run_folder as rf
 from atlas.config import Alias, Config, add_config_arguments, config_and_run
 from atlas.errors import UserError
+from atlas.fileio import os_error_line
 
 SIM_BOARD_MODULE = "atlas.sim.sim_board"  # the rehearsal tools, reached by name (see the module doc)
 SSHD_MODULE = "atlas.sim.sshd"
@@ -38,6 +39,10 @@ SSH_ALIASES = (
     Alias("--known-hosts", "deploy.known_hosts", help="known_hosts file", metavar="PATH"),
     Alias("--identity", "deploy.identities", "list", help="private key to offer first", metavar="KEYFILE"),
 )
+
+
+MEMORY_ALIAS = Alias("--board-memory-mib", "deploy.memory_mib", help="the board's memory; lint refuses a larger "
+                     "tensor", metavar="MIB")
 
 
 def _widths(text: str) -> list[str]:
@@ -141,6 +146,7 @@ def _export_options(p: argparse.ArgumentParser) -> None:
         Alias("--checkpoint", "export.checkpoint", help="checkpoint to export (default <run>/student.pt)",
               metavar="PT"),
         Alias("--onnx", "export.onnx", help="start from your own ONNX instead of a checkpoint", metavar="FILE"),
+        MEMORY_ALIAS,
     ))
 
 
@@ -172,7 +178,7 @@ def _om_options(p: argparse.ArgumentParser) -> None:
         Alias("--skip-lint", "om.lint", "false", help="do not lint the ONNX first; let ATC decide"),
         Alias("--on-board", "om.on_board", help="run ATC on the board over SSH (upload the ONNX, convert there, "
               "fetch the .om)", metavar="BOARD"),
-        *SSH_ALIASES,
+        MEMORY_ALIAS, *SSH_ALIASES,
     ))
 
 
@@ -269,20 +275,25 @@ def _lint(args: argparse.Namespace) -> int:
 def _doctor_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--atc", metavar="PATH", help="check this atc instead of searching for one")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--require", action="append", default=[], choices=("atc", "sshd"),
+                   help="exit 2 when this is missing (repeatable): atc (the real ATC), sshd (for the sim board)")
     _trust_option(p)
     add_config_arguments(p, sections=["deploy"], aliases=(
-        Alias("--board", "deploy.boards", "list", help="also check a board over SSH", metavar="BOARD"),
+        Alias("--board", "deploy.boards", "list", help="also check a board over SSH (exit non-zero when it is not "
+              "ready)", metavar="BOARD"),
         *SSH_ALIASES,
     ))
 
 
 def _doctor(args: argparse.Namespace) -> int:
-    from atlas.doctor import doctor, format_report
+    from atlas.doctor import doctor, format_report, verdict
 
     cfg = _config_only(args)
-    report, status = doctor(cfg.deploy, atc=args.atc, boards=cfg.deploy.boards, trust_new_host=args.trust_new_host,
+    report, status = doctor(cfg.deploy, atc=args.atc, boards=cfg.deploy.boards, require=args.require,
+                            trust_new_host=args.trust_new_host,
                             sim_board=importlib.import_module(SSHD_MODULE).doctor_report())
     print(json.dumps(report, indent=2) if args.json else format_report(report))
+    print(verdict(report), file=sys.stderr if args.json else sys.stdout)  # JSON keeps stdout machine-readable
     return status
 
 
@@ -338,6 +349,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"atlas-kd {args.command}: error: {e.message}", file=sys.stderr)
         return e.exit_code
+    except OSError as e:  # disk full, read-only, permissions, too many open files: after the stage's cleanup
+        print(f"atlas-kd {args.command}: error: {os_error_line(e).message}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"atlas-kd {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -105,6 +105,7 @@ class DeployConfig:
     env_script: str = ""  # sourced before the app runs, e.g. /usr/local/Ascend/ascend-toolkit/set_env.sh
     connect_timeout_s: float = 10.0
     retries: int = 4
+    memory_mib: int = 8192  # the board's memory: lint refuses a tensor larger than this (an Atlas 200 DK: 8 GB)
 
 
 @dataclass

@@ -21,7 +21,7 @@ from atlas.board_access import (BOARD_APP_DIR, board_session, check_runtime, pre
                                 with_env_script)
 from atlas.config import Config, DeployConfig
 from atlas.errors import UserError
-from atlas.fileio import read_json, require_writable, write_text
+from atlas.fileio import read_json, require_writable, sha256_file, write_text
 from atlas.sim_om import is_real_om, is_sim_om
 
 # the app's own files (the preflight runs with `python3 -c` and is not shipped)
@@ -41,10 +41,14 @@ class Bundle:
     batch: int
     sim_model: bool
     files: list[tuple[Path, str]] = field(default_factory=list)  # (local, path relative to the remote run folder)
+    digests: dict[Path, str] = field(default_factory=dict)  # sha256 of each file, read once for every board
 
     @property
     def size(self) -> int:
         return sum(local.stat().st_size for local, _ in self.files)
+
+    def digest(self, local: Path) -> str:
+        return self.digests[local]
 
 
 def load_bundle(run: rf.Run, cfg: DeployConfig) -> Bundle:
@@ -76,6 +80,7 @@ def load_bundle(run: rf.Run, cfg: DeployConfig) -> Bundle:
     bundle = Bundle(run.path, run.name, model, inputs, app_files, batch, is_sim_om(head))
     bundle.files = [(model, rf.REMOTE_MODEL), (inputs, rf.REMOTE_INPUTS)] + \
                    [(p, f"{rf.REMOTE_APP}/{p.name}") for p in app_files]
+    bundle.digests = {local: sha256_file(local) for local, _ in bundle.files}
     return bundle
 
 
@@ -83,8 +88,8 @@ def board_label(spec: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", spec).strip("_") or "board"
 
 
-def check_preflight(report: dict, bundle: Bundle, display: str) -> None:
-    """Refuse, in one line, a board that cannot run this bundle."""
+def check_preflight(report: dict, bundle: Bundle, display: str, to_send: int) -> None:
+    """Refuse, in one line, a board that cannot run this bundle (`to_send`: the bytes it does not have yet)."""
     check_runtime(report, display)
     if bundle.sim_model and not report.get("acl_sim"):
         raise UserError(f"board {display}: {bundle.model} is a simulated .om, built by atc-sim, and this board's "
@@ -92,10 +97,16 @@ def check_preflight(report: dict, bundle: Bundle, display: str) -> None:
     if not bundle.sim_model and report.get("acl_sim"):
         raise UserError(f"board {display} is a sim board (pyACL emulator) and {bundle.model} is a real .om: "
                         "the emulator cannot run it; build with make om SIM=1 for a rehearsal")
-    needed = bundle.size + _SPACE_MARGIN
+    needed = to_send + _SPACE_MARGIN  # files the board holds already are not sent again
     if report.get("free_bytes", 0) < needed:
         raise UserError(f"board {display}: not enough free space in {report.get('free_checked_at')}: the bundle "
                         f"needs {needed / 2**20:.1f} MiB, {report['free_bytes'] / 2**20:.1f} MiB free")
+
+
+def bytes_to_send(session, bundle: Bundle, remote: str) -> int:
+    """What the upload will really send: the bundle's files whose copy on the board differs or is missing."""
+    return sum(local.stat().st_size for local, relative in bundle.files
+               if session.sha256(f"{remote}/{relative}") != bundle.digest(local))
 
 
 def deploy_one(spec: str, bundle: Bundle, cfg: DeployConfig, local_dir: Path, say, trust_new_host: bool) -> dict:
@@ -109,7 +120,7 @@ def deploy_one(spec: str, bundle: Bundle, cfg: DeployConfig, local_dir: Path, sa
         record["remote_dir"] = remote
         report = preflight(session, remote, cfg)
         record["preflight"] = report
-        check_preflight(report, bundle, session.display)
+        check_preflight(report, bundle, session.display, bytes_to_send(session, bundle, remote))
         durations["preflight"] = time.perf_counter() - t0
 
         t = time.perf_counter()

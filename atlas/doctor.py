@@ -68,13 +68,23 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
-def doctor(cfg: DeployConfig, *, atc: str | None = None, boards: list[str] = (), trust_new_host: bool = False,
-           sim_board: dict | None = None) -> tuple[dict, int]:
-    """The report and the exit code (the worst of the boards' errors; 0 when every board is ready)."""
+REQUIREMENTS = ("atc", "sshd")  # what `--require` can ask for: the real ATC, the sim board's sshd
+
+
+def doctor(cfg: DeployConfig, *, atc: str | None = None, boards: list[str] = (), require: list[str] = (),
+           trust_new_host: bool = False, sim_board: dict | None = None) -> tuple[dict, int]:
+    """The report and the exit code: 0 when every board asked about is ready and everything `require` names is
+    there; else the worst board error (2 or 3), or 2 for a missing requirement. `report["missing"]` says why."""
     from atlas.board_access import check_board
 
     report = local_report(atc, sim_board)
-    status = 0
+    missing, status = [], 0
+    if "atc" in require and not report["atc"]["found"]:
+        missing.append("ATC not found")
+    if "sshd" in require and not report["sim_board"].get("sshd"):
+        missing.append("no sshd for the sim board")
+    if missing:
+        status = 2
     if boards:
         report["boards"] = []
         for spec in boards:
@@ -82,5 +92,15 @@ def doctor(cfg: DeployConfig, *, atc: str | None = None, boards: list[str] = (),
                 report["boards"].append(check_board(spec, cfg, trust_new_host=trust_new_host))
             except UserError as e:
                 report["boards"].append({"board": spec, "error": e.message, "summary": f"NOT READY: {e.message}"})
+                missing.append(f"board {spec} not ready")
                 status = max(status, e.exit_code)
+    report["missing"] = missing
     return report, status
+
+
+def verdict(report: dict) -> str:
+    """The last line: ready, or what is missing."""
+    if report["missing"]:
+        return "doctor: NOT READY: " + "; ".join(report["missing"])
+    asked = [f"{len(report['boards'])} board(s)"] if report.get("boards") else []
+    return "doctor: ready" + (f" ({', '.join(asked)})" if asked else "")

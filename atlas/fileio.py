@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -29,8 +30,11 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     (some writers, like numpy and torch, care about the extension); it is flushed to disk before the rename.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + suffix, dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + suffix, dir=path.parent)
+    except OSError as e:
+        raise os_error_line(e, path) from None
     os.close(fd)
     os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; artifacts get the mode a plain open() would give
     tmp_path = Path(tmp)
@@ -39,9 +43,54 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
         _fsync(tmp_path)
         os.replace(tmp_path, path)
         _fsync(path.parent)
+    except OSError as e:  # the old file (if any) is still there, whole; the temp file goes below
+        other = e.filename is not None and os.fspath(e.filename) != os.fspath(tmp_path)
+        raise (os_error_line(e) if other else os_error_line(e, path)) from None
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+# what to do about an operating-system error, by errno: the line names the path and the cause
+_OS_ERROR_HINTS = {
+    errno.ENOSPC: "free some space there, or write to a folder on another disk (--run)",
+    errno.EDQUOT: "your disk quota is used up: free some space, or write elsewhere (--run)",
+    errno.EROFS: "the file system is read-only: write to a writable folder (--run)",
+    errno.EACCES: "no permission: fix the permissions, or write elsewhere (--run)",
+    errno.EPERM: "not permitted: fix the permissions, or write elsewhere (--run)",
+    errno.EEXIST: "something else is in the way there: move it, or choose another path",
+    errno.EISDIR: "a folder is in the way: move it, or choose another path",
+    errno.ENOTDIR: "a file stands where a folder is needed: move it, or choose another path",
+    errno.EMFILE: "this process has too many open files: raise the limit (ulimit -n) and run again",
+    errno.ENFILE: "the system has too many open files: close some programs and run again",
+}
+
+
+def os_error_line(error: OSError, path: str | os.PathLike | None = None):
+    """An OSError as the project's one-line UserError (exit 2): the path, the cause and what to do. `path`: the
+    file being written (else the error's own file name)."""
+    from atlas.errors import UserError
+
+    code = error.errno
+    if code is None and path is not None and _nearly_full(Path(path).parent):
+        code = errno.ENOSPC  # numpy's short write ("N requested and M written") carries no errno
+    cause = os.strerror(code) if code is not None and code != error.errno else (error.strerror or str(error))
+    hint = _OS_ERROR_HINTS.get(code)
+    text = f"cannot write {path}: {cause}" if path is not None else f"{error.filename or 'a file'}: {cause}"
+    return UserError(text + (f" ({hint})" if hint else ""))
+
+
+def _nearly_full(folder: Path) -> bool:
+    try:
+        return shutil.disk_usage(folder).free < (1 << 20)
+    except OSError:
+        return False
+
+
+def short_write(folder: Path) -> OSError | None:
+    """For writers that report a full disk as something else (torch.save's RuntimeError): an ENOSPC OSError
+    when `folder`'s disk is (nearly) full, else None."""
+    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)) if _nearly_full(folder) else None
 
 
 @contextlib.contextmanager
@@ -66,27 +115,35 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp makes 0700
     try:
         yield tmp
-        for entry in [*tmp.rglob("*"), tmp]:
-            if not entry.is_symlink():
-                _fsync(entry)
-        if path.is_dir() and not any(path.iterdir()):  # an empty folder (maybe someone's cwd) is filled in place
-            for entry in tmp.iterdir():
-                os.rename(entry, path / entry.name)
-        elif path.exists():
-            old = path.with_name(f".{path.name}.{uuid.uuid4().hex}.old")
-            os.rename(path, old)
-            try:
-                os.rename(tmp, path)
-            except OSError:
-                os.rename(old, path)  # put the old folder back: all or nothing
-                raise
-            shutil.rmtree(old, ignore_errors=True)  # the new folder is in place; a leftover is only litter
-        else:
-            os.rename(tmp, path)
-        _fsync(path.parent)
+        try:
+            _swap_in(tmp, path)
+        except OSError as e:
+            raise os_error_line(e, path) from None
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+
+
+def _swap_in(tmp: Path, path: Path) -> None:
+    """Flush the finished temp folder and move it into `path`'s place (see atomic_dir)."""
+    for entry in [*tmp.rglob("*"), tmp]:
+        if not entry.is_symlink():
+            _fsync(entry)
+    if path.is_dir() and not any(path.iterdir()):  # an empty folder (maybe someone's cwd) is filled in place
+        for entry in tmp.iterdir():
+            os.rename(entry, path / entry.name)
+    elif path.exists():
+        old = path.with_name(f".{path.name}.{uuid.uuid4().hex}.old")
+        os.rename(path, old)
+        try:
+            os.rename(tmp, path)
+        except OSError:
+            os.rename(old, path)  # put the old folder back: all or nothing
+            raise
+        shutil.rmtree(old, ignore_errors=True)  # the new folder is in place; a leftover is only litter
+    else:
+        os.rename(tmp, path)
+    _fsync(path.parent)
 
 
 def _fsync(path: Path) -> None:

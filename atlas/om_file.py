@@ -49,10 +49,15 @@ def _cstring(raw: bytes) -> str | None:
     return text.decode("ascii")
 
 
+def _printable(raw: bytes) -> str:
+    """Text from the file for a terminal: anything but printable ASCII (a random file's bytes) becomes '?'."""
+    return "".join(chr(b) if 32 <= b < 127 else "?" for b in raw)
+
+
 def read_header(data: bytes) -> dict[str, Any]:
     u32 = lambda off: struct.unpack_from("<I", data, off)[0]  # noqa: E731
     header = {
-        "magic": data[:4].decode("latin-1"),
+        "magic": data[:4].decode("ascii", "backslashreplace"),
         "magic_ok": u32(0) == REAL_MAGIC_U32,
         "headsize": u32(4),
         "version": f"0x{u32(8):08X}",
@@ -63,7 +68,7 @@ def read_header(data: bytes) -> dict[str, Any]:
         "is_checksum": data[81],
         "modeltype": data[82],
         "genmode": data[83],
-        "name": data[84:116].split(b"\0", 1)[0].decode("utf-8", "replace"),
+        "name": _printable(data[84:116].split(b"\0", 1)[0]),
         "om_ir_version": u32(152),
     }
     # platform fields: 20.1 puts platform_version[20] at 156 and platform_type at 176; 5.x puts model_num (u32)
@@ -112,7 +117,7 @@ def _tensor_desc(data: bytes) -> dict[str, Any]:
     desc: dict[str, Any] = {"dims": []}
     for number, wire, value in fields(data):
         if number == 1 and wire == 2:
-            desc["name"] = value.decode("utf-8", "replace")
+            desc["name"] = _printable(value)
         elif number == 2 and wire == 0:
             desc["dtype"] = GE_DTYPES.get(value, f"dtype {value}")
         elif number == 3 and wire == 2:
@@ -120,7 +125,7 @@ def _tensor_desc(data: bytes) -> dict[str, Any]:
                 if n == 1:
                     desc["dims"] += packed_ints(w, v)
         elif number == 4 and wire == 2:
-            desc["format"] = value.decode("utf-8", "replace")
+            desc["format"] = _printable(value)
         elif number == 10 and wire == 0:
             desc["bytes"] = value
     return desc
@@ -131,11 +136,11 @@ def read_model_def(data: bytes) -> dict[str, Any]:
     model: dict[str, Any] = {"graphs": 0, "ops": 0, "inputs": [], "outputs": []}
     for number, wire, value in fields(data):
         if number == 1 and wire == 2:
-            model["name"] = value.decode("utf-8", "replace")
+            model["name"] = _printable(value)
         elif number == 2 and wire == 0:
             model["version"] = value
         elif number == 3 and wire == 2:
-            model["custom_version"] = value.decode("utf-8", "replace")
+            model["custom_version"] = _printable(value)
         elif number == 7 and wire == 2:
             model["graphs"] += 1
             if model["graphs"] == 1:
@@ -146,15 +151,15 @@ def read_model_def(data: bytes) -> dict[str, Any]:
 def _read_graph(data: bytes, model: dict[str, Any]) -> None:
     for number, wire, value in fields(data):
         if number == 1 and wire == 2:
-            model["graph_name"] = value.decode("utf-8", "replace")
+            model["graph_name"] = _printable(value)
         elif number == 6 and wire == 2:
             model["ops"] += 1
             op: dict[str, Any] = {"input_desc": [], "output_desc": []}
             for n, w, v in fields(value):
                 if n == 1 and w == 2:
-                    op["name"] = v.decode("utf-8", "replace")
+                    op["name"] = _printable(v)
                 elif n == 2 and w == 2:
-                    op["type"] = v.decode("utf-8", "replace")
+                    op["type"] = _printable(v)
                 elif n == 33 and w == 2:
                     op["input_desc"].append(v)
                 elif n == 34 and w == 2:

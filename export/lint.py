@@ -22,8 +22,9 @@ from google.protobuf.descriptor import FieldDescriptor
 from onnx import AttributeProto, TensorProto, helper, numpy_helper
 
 from atlas import protowire
-from atlas.atc_rules import (DEFAULT_DOMAINS, DEFAULT_MAX_BOARD_BYTES, ERROR, KNOWN_UNSUPPORTED_OPS, NEWER_CANN_OPSETS,
-                              PROTOBUF_LIMIT_BYTES, RULES, SUPPORTED_OPS, SUPPORTED_OPSET, UNREADABLE_RULES, WARNING)
+from atlas.atc_rules import (BOARD_MEMORY_MIB, DEFAULT_DOMAINS, DEFAULT_MAX_BOARD_BYTES, ERROR, KNOWN_UNSUPPORTED_OPS,
+                             LARGE_TENSOR_BYTES, NEWER_CANN_OPSETS, PROTOBUF_LIMIT_BYTES, RULES, SUPPORTED_OPS,
+                             SUPPORTED_OPSET, UNREADABLE_RULES, WARNING)
 
 
 @dataclass(frozen=True)
@@ -102,7 +103,8 @@ def exit_code(findings: Iterable[Finding]) -> int:
 # Reading the file
 
 
-def lint_file(path: str | os.PathLike, *, max_board_bytes: int = DEFAULT_MAX_BOARD_BYTES) -> list[Finding]:
+def lint_file(path: str | os.PathLike, *, max_board_bytes: int = DEFAULT_MAX_BOARD_BYTES,
+              board_memory_mib: int = BOARD_MEMORY_MIB) -> list[Finding]:
     """Lint an ONNX file; never raises on a bad file (unreadable files give a finding in UNREADABLE_RULES)."""
     path = Path(path)
     target = f"file '{path}'"
@@ -127,7 +129,8 @@ def lint_file(path: str | os.PathLike, *, max_board_bytes: int = DEFAULT_MAX_BOA
     if problem is not None:
         return [problem]
     try:
-        return _lint(model, path.parent, max_board_bytes=max_board_bytes, model_bytes=size)
+        return _lint(model, path.parent, max_board_bytes=max_board_bytes, model_bytes=size,
+                     board_memory_mib=board_memory_mib)
     except Exception as e:  # a lint bug must not hide the model's other findings behind a traceback
         return [_crash_finding("lint", "model", e)]
 
@@ -192,12 +195,12 @@ def _classify_wire_format(data: bytes) -> str:
 
 
 def lint_model(model: onnx.ModelProto, model_dir: Path | None = None, *,
-               max_board_bytes: int = DEFAULT_MAX_BOARD_BYTES) -> list[Finding]:
+               max_board_bytes: int = DEFAULT_MAX_BOARD_BYTES, board_memory_mib: int = BOARD_MEMORY_MIB) -> list[Finding]:
     """Lint a parsed model (its external data not loaded). `model_dir` is where external data would live; without
     it, external files are not looked at. Never raises on a weird model."""
     try:
         return _lint(model, Path(model_dir) if model_dir is not None else None,
-                     max_board_bytes=max_board_bytes, model_bytes=None)
+                     max_board_bytes=max_board_bytes, model_bytes=None, board_memory_mib=board_memory_mib)
     except Exception as e:
         return [_crash_finding("lint", "model", e)]
 
@@ -213,7 +216,7 @@ def _crash_finding(rule_name: str, target: str, e: Exception) -> Finding:
 
 
 def _lint(model: onnx.ModelProto, model_dir: Path | None, *, max_board_bytes: int,
-          model_bytes: int | None) -> list[Finding]:
+          model_bytes: int | None, board_memory_mib: int = BOARD_MEMORY_MIB) -> list[Finding]:
     findings: list[Finding] = []
 
     def run_rule(name: str, fn: Callable[..., Iterable[Finding]], *args) -> None:
@@ -243,6 +246,7 @@ def _lint(model: onnx.ModelProto, model_dir: Path | None, *, max_board_bytes: in
     run_rule("external data", _check_external_data, model, model_dir, external_bytes)
     size = (model_bytes if model_bytes is not None else model.ByteSize()) + sum(external_bytes)
     run_rule("model size", _check_size, size, max_board_bytes)
+    run_rule("tensor sizes", _check_tensor_sizes, context, board_memory_mib << 20)
     run_rule("onnx.checker", _check_with_onnx_checker, context)
     return findings
 
@@ -919,6 +923,43 @@ def _size_text(n: int) -> str:
     return f"{n} bytes" if n < 1 << 20 else f"{n / (1 << 20):.1f} MiB"
 
 
+def _check_tensor_sizes(context: _ModelContext, memory_bytes: int) -> Iterator[Finding]:
+    """Every graph input and every tensor shape inference sized (constants aside): one larger than the board's
+    memory cannot be allocated; one above LARGE_TENSOR_BYTES takes a large share of it."""
+    graph = context.model.graph
+    inputs = {i.name for i in graph.input}
+    producers = {out: (index, node) for index, node in enumerate(graph.node) for out in node.output}
+    for name in context.types:
+        if name in context.constants:
+            continue
+        shape, dtype = context.shape(name), context.dtype(name)
+        if not shape or None in shape or dtype is None:
+            continue
+        try:
+            itemsize = np.dtype(helper.tensor_dtype_to_np_dtype(dtype)).itemsize
+        except (KeyError, TypeError, ValueError):
+            continue
+        nbytes = math.prod(shape) * itemsize
+        if nbytes <= LARGE_TENSOR_BYTES:
+            continue
+        if name in inputs:
+            target = _Target(f"input '{name}'", input=name)
+        elif name in producers:
+            index, node = producers[name]
+            target = _Target(f"tensor '{name}' (output of {_node_target(node, index)})", tensor=name,
+                             node=node.name, node_index=index, op_type=node.op_type, graph="")
+        else:
+            target = _Target(f"tensor '{name}'", tensor=name)
+        size = f"{shape} {_dtype_name(dtype)} = {_size_text(nbytes)}"
+        if nbytes > memory_bytes:
+            yield _finding("tensor-over-board-memory", target, f"{size}, more than the board's {_size_text(memory_bytes)} "
+                           "of memory in all: it cannot be allocated", "use a smaller input shape or batch "
+                           "(export.batch, --input-shape), or raise --board-memory-mib for a larger board")
+        else:
+            yield _finding("tensor-large", target, f"{size}: one tensor above {_size_text(LARGE_TENSOR_BYTES)} "
+                           "takes a large share of the board's memory", "use a smaller input shape or batch")
+
+
 def _check_size(size: int, max_board_bytes: int) -> Iterator[Finding]:
     if size > PROTOBUF_LIMIT_BYTES:
         yield _finding("model-too-large", "model", f"{_size_text(size)} (model + external data) is over the 2 GB "
@@ -1024,11 +1065,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-board-bytes", type=_positive_int, default=DEFAULT_MAX_BOARD_BYTES,
                         help="warn above this model size (model + external data); default %(default)s, "
                              "our assumption for an Atlas 200 DK")
+    parser.add_argument("--board-memory-mib", type=_positive_int, default=BOARD_MEMORY_MIB,
+                        help="the board's memory (MiB): a tensor larger than this is an error; default %(default)s, "
+                             "an Atlas 200 DK's 8 GB")
 
 
 def run(args: argparse.Namespace) -> int:
     """Exit 0: no errors; 1: errors; 2: the file could not be read."""
-    findings = lint_file(args.model, max_board_bytes=args.max_board_bytes)
+    findings = lint_file(args.model, max_board_bytes=args.max_board_bytes, board_memory_mib=args.board_memory_mib)
     if args.json:
         print(json.dumps(report_dict(findings, args.model), indent=2))
     else:

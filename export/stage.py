@@ -51,7 +51,7 @@ def export(cfg: Config, run: str | Path | rf.Run, *, log=print) -> rf.ExportReco
         export_onnx(model, input_shape, raw_path, opset=cfg.export.opset)
     else:
         onnx_path = Path(onnx_path)
-        problems = [f for f in lint.lint_file(onnx_path) if f.rule in _UNUSABLE]
+        problems = [f for f in lint.lint_file(onnx_path, board_memory_mib=cfg.deploy.memory_mib) if f.rule in _UNUSABLE]
         if problems:
             raise UserError(f"{onnx_path}: {problems[0].message}")
         info = dataset_info(cfg.data.dataset)
@@ -73,7 +73,7 @@ def export(cfg: Config, run: str | Path | rf.Run, *, log=print) -> rf.ExportReco
         timings["simplify_s"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        findings = lint.lint_file(model_path)
+        findings = lint.lint_file(model_path, board_memory_mib=cfg.deploy.memory_mib)
         timings["lint_s"] = time.perf_counter() - t
         lint_report = lint.report_dict(findings, model_path.name)
         if lint.has_errors(findings):

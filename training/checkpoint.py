@@ -15,16 +15,24 @@ import torch
 from torch import nn
 
 from atlas.errors import UserError
-from atlas.fileio import atomic_path
+from atlas.fileio import atomic_path, short_write
 from training.models import build_model
 
 FORMAT = "atlas-kd.checkpoint.v1"
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since 1.6
+PICKLE_MAGIC = b"\x80"  # the legacy format: a pickle (protocol 2+)
 STATE_FORMAT = "atlas-kd.train-state.v1"
 
 
 def save(path: str | Path, payload: dict[str, Any]) -> None:
     with atomic_path(path, suffix=".pt") as tmp:
-        torch.save(payload, tmp)
+        try:
+            torch.save(payload, tmp)
+        except RuntimeError as e:  # torch reports a full disk as "[enforce fail ...] unexpected pos ..."
+            full = short_write(tmp.parent)
+            if full is None:
+                raise
+            raise full from e
 
 
 def load(path: str | Path, expect_format: str = FORMAT) -> dict[str, Any]:
@@ -32,6 +40,10 @@ def load(path: str | Path, expect_format: str = FORMAT) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} not found (train first: atlas-kd train, or pass the right path)")
+    head = _head(path)
+    if not head.startswith((ZIP_MAGIC, PICKLE_MAGIC)):
+        raise UserError(f"{path}: truncated or not a PyTorch checkpoint (its first bytes are neither a zip archive "
+                        "nor a pickle: damaged or another kind of file); train again or pass the right path")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -71,6 +83,7 @@ def load_model(path: str | Path, expect_arch: str | None = None) -> tuple[nn.Mod
         raise UserError(f"{path}: checkpoint holds a '{arch.get('name')}' but the config names '{expect_arch}' "
                         "(pass the matching --config or checkpoint)")
     model = build_model(arch)
+    check_finite(payload.get("state_dict") or {}, path)
     try:
         model.load_state_dict(payload["state_dict"], strict=True)
     except (RuntimeError, KeyError) as e:
@@ -78,6 +91,24 @@ def load_model(path: str | Path, expect_arch: str | None = None) -> tuple[nn.Mod
                         f"({_first_line(e)})") from None
     model.eval()
     return model, payload
+
+
+def _head(path: Path) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read(4)
+    except OSError as e:
+        raise UserError(f"{path}: cannot be read ({e.strerror or e})") from None
+
+
+def check_finite(state_dict: dict[str, Any], path: str | Path) -> None:
+    """Refuse weights with NaN or Inf, naming the first such tensor: a model that diverged (or a damaged file)
+    would make every later stage compute garbage."""
+    for name, value in state_dict.items():
+        if torch.is_tensor(value) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            bad = int((~torch.isfinite(value)).sum())
+            raise UserError(f"{path}: tensor {name} holds {bad} NaN/Inf value(s) of {value.numel()}: these weights "
+                            "diverged or are damaged, so every output would be garbage; train the model again")
 
 
 def _first_line(e: BaseException) -> str:

@@ -208,10 +208,12 @@ def _mnist_file_problem(path: Path, stem: str) -> str | None:
 def _download_mnist(folder: Path, progress: bool) -> Path:
     for stem in MNIST_GZ_MD5:
         target = folder / f"{stem}.gz"
-        if target.is_file() and _mnist_file_problem(target, stem) is None:
+        cached = _mnist_file_problem(target, stem) if target.is_file() else None
+        if target.is_file() and cached is None:
             continue
         _download([m + f"{stem}.gz" for m in MNIST_MIRRORS], target,
-                  lambda p, stem=stem: _mnist_file_problem(p, stem), progress, dataset="mnist")
+                  lambda p, stem=stem: _mnist_file_problem(p, stem), progress, dataset="mnist",
+                  why=f"the cached {target} failed its MD5 check ({cached})" if cached else None)
     return folder
 
 
@@ -361,7 +363,7 @@ def _md5(path: Path) -> str:
 
 
 def _download(urls: list[str], target: Path, check: Callable[[Path], str | None], progress: bool,
-              dataset: str) -> None:
+              dataset: str, why: str | None = None) -> None:
     """Fetch the first URL that answers into `target` (atomically); `check` returns why a file is wrong, or None."""
     from tqdm import tqdm
 
@@ -381,5 +383,5 @@ def _download(urls: list[str], target: Path, check: Callable[[Path], str | None]
             return
         except (urllib.error.URLError, OSError, ValueError) as e:
             errors.append(f"{url}: {getattr(e, 'reason', e)}")
-    raise UserError(f"download of {target.name} failed ({'; '.join(errors)}); fetch the {dataset} files yourself "
-                    f"and pass --data-dir DIR")
+    raise UserError(f"{why + ', and the ' if why else ''}download of {target.name} failed ({'; '.join(errors)}); "
+                    f"fetch the {dataset} files yourself and pass --data-dir DIR")

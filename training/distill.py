@@ -85,6 +85,7 @@ def random_crop_flip(images: torch.Tensor, generator: torch.Generator, pad: int 
 
 
 OPTIMIZERS = ("sgd", "pmw", "adam", "adamw")
+ONECYCLE_MIN_STEPS = 3  # below this the one-cycle schedule has no warm-up and no annealing: lr stays constant
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig, steps_per_epoch: int,
@@ -107,8 +108,13 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, steps_per_epoch: int,
     else:
         raise UserError(f"unknown optimizer '{cfg.optimizer}' ({', '.join(OPTIMIZERS)})")
     total = max(1, cfg.epochs * steps_per_epoch)
-    if cfg.schedule == "onecycle":
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=0.25)
+    if cfg.schedule == "onecycle" and total < ONECYCLE_MIN_STEPS:  # no room to warm up and anneal: keep lr fixed
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
+    elif cfg.schedule == "onecycle":
+        # OneCycleLR divides by (pct_start * total - 1): at least 2 warm-up steps keep that away from 0 (4 steps
+        # at 0.25 crashed with ZeroDivisionError)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total,
+                                                    pct_start=max(0.25, 2.0 / total))
     elif cfg.schedule == "cosine":
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
     elif cfg.schedule == "constant":

@@ -56,7 +56,6 @@ def _prepare_run_dir(cfg: Config, run_dir: Path, resume: bool) -> None:
     if not resume:
         for stale in (run_dir / rf.TRAIN_STATE).glob("*.pt") if (run_dir / rf.TRAIN_STATE).exists() else []:
             stale.unlink()
-    run_dir.mkdir(parents=True, exist_ok=True)
     write_json(config_path, cfg.to_dict())
 
 
@@ -77,6 +76,7 @@ def train(cfg: Config, run: str | Path | rf.Run, *, resume: bool = False, progre
     run_dir = rf.as_run(run).path
     teacher_path = cfg.distill.teacher_checkpoint or None
     _check_config(cfg)
+    rf.Run(run_dir).create()  # a file in the way or a read-only folder: one line before any work
     device = resolve_device(cfg.device)
     started = time.perf_counter()
     data = load_dataset(cfg.data.dataset, cfg.data.dir or None, progress=progress).limited(

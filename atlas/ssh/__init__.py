@@ -7,7 +7,7 @@ from atlas.ssh.errors import (EXIT_CHECK_FAILED, EXIT_CONFIG, EXIT_UNREACHABLE, 
                               BoardConfigError, BoardUnreachableError, ChangedHostKeyError, HostKeyError,
                               HostResolveError, RemoteCommandError, RemoteFileError, RemoteTimeoutError, SSHError,
                               UnknownHostKeyError)
-from atlas.ssh.hostkeys import DEFAULT_KNOWN_HOSTS
+from atlas.ssh.hostkeys import DEFAULT_KNOWN_HOSTS, RevokedHostKeyError
 from atlas.ssh.options import open_board
 from atlas.ssh.session import IO_TIMEOUT_S, KEEPALIVE_S, BoardSession
 from atlas.ssh.transfer import PROGRESS_MIN_BYTES, PutResult
@@ -18,6 +18,6 @@ __all__ = [
     "EXIT_CHECK_FAILED", "EXIT_CONFIG", "EXIT_UNREACHABLE", "AuthenticationError", "BoardConfigError",
     "BoardUnreachableError", "ChangedHostKeyError", "HostKeyError", "HostResolveError", "RemoteCommandError",
     "RemoteFileError", "RemoteTimeoutError", "SSHError", "UnknownHostKeyError",
-    "DEFAULT_KNOWN_HOSTS", "open_board",
+    "DEFAULT_KNOWN_HOSTS", "RevokedHostKeyError", "open_board",
     "IO_TIMEOUT_S", "KEEPALIVE_S", "BoardSession", "PROGRESS_MIN_BYTES", "PutResult",
 ]
