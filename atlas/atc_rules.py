@@ -147,3 +147,28 @@ ATC_5X_FLAGS = frozenset((
     "op_debug_level enable_scope_fusion_passes debug_dir op_compiler_cache_dir op_compiler_cache_mode "
     "mdl_bank_path op_bank_path display_model_info device_id").split())
 ONNX_INPUT_FORMATS = ("NCHW", "ND", "NCDHW")  # §2.2
+
+# --- dynamic shapes and output options (GE5 = mindspore-ai/graphengine v1.5.1, the CANN 5.0-era ATC) -------------
+# ge/ir_build/option_utils.cc CheckDynamicInputParamValid: at most one of these (E10009), and --input_shape is then
+# required (E10004); -1 is allowed in --input_shape only with one of them (E10011).
+DYNAMIC_OPTIONS = ("dynamic_batch_size", "dynamic_image_size", "dynamic_dims")
+# ge/graph/preprocess/multi_batch_options.cc kMinShapesCount / kMaxShapesCount: 2..100 profiles (E10035 / E10036);
+# every value > 0 (E10038), no duplicate profile (E10039).
+DYNAMIC_PROFILES_MIN, DYNAMIC_PROFILES_MAX = 2, 100
+# ATC adds one input carrying the profile to a dynamic-batch or dynamic-image-size .om; its name is fixed (pyACL
+# get_input_index_by_name doc, 6.0.1 aclpythondevg_01_0182; the samples pass the literal string).
+DYNAMIC_TENSOR_NAME = "ascend_mbatch_shape_data"
+# option_utils.cc kOutputTypeSupportDatatype: --output_type FP32, FP16 or UINT8 for every output, or per output
+# "node:index:TYPE;..." where every node:index must also be in --out_nodes (session/omg.cc ParseOutputType,
+# VerifyOutputTypeAndOutNodes: E10001).
+OUTPUT_TYPES = {"FP32": "float32", "FP16": "float16", "UINT8": "uint8"}
+
+
+def dynamic_axes(option: str, rank: int) -> tuple[int, ...]:
+    """The input axes that may be -1 under a dynamic option: N for a batch (multi_batch_options.cc
+    CheckDynamicBatchShape, E10018), H and W of a 4-D NCHW input for an image size (CheckDynamicImageSizeShape, E10019)."""
+    if option == "dynamic_batch_size":
+        return (0,)
+    if option == "dynamic_image_size" and rank == 4:
+        return (2, 3)
+    return ()

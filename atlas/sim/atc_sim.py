@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from atlas.atc import CONTINUATION, FAILURE_LINE, START_LINE, SUCCESS_LINE, OnnxInput, graph_inputs
-from atlas.atc_rules import (ATC_5X_FLAGS, LOG_LEVELS, ONNX_INPUT_FORMATS, PRECISION_MODES, RULES,
-                             SOC_VERSIONS_310)
+from atlas.atc_rules import (ATC_5X_FLAGS, DYNAMIC_OPTIONS, DYNAMIC_PROFILES_MAX, DYNAMIC_PROFILES_MIN,
+                             DYNAMIC_TENSOR_NAME, LOG_LEVELS, ONNX_INPUT_FORMATS, OUTPUT_TYPES, PRECISION_MODES, RULES,
+                             SOC_VERSIONS_310, dynamic_axes)
 
 EXIT_FAILED = 255  # domi::FAILED / return -1 (§3)
 EXIT_FLAGS = 1  # gflags errors (§2.1)
@@ -31,7 +32,10 @@ INT_FLAGS = frozenset(("framework", "mode"))  # int32 in GE5: a non-integer is a
 
 # What the stand-in does with each accepted flag. Anything else in ATC_5X_FLAGS is refused as not emulated.
 IMPLEMENTED = frozenset(("model", "output", "framework", "soc_version", "input_shape", "input_format",
-                         "precision_mode", "log", "insert_op_conf", "mode", "output_type"))
+                         "precision_mode", "log", "insert_op_conf", "mode", "output_type", "input_fp16_nodes",
+                         "out_nodes", "dynamic_batch_size", "dynamic_image_size"))
+# flags that name files or say how to log: not part of what identifies the build inside the .om (issue 15 item 8)
+NOT_RECORDED = frozenset(("model", "output", "insert_op_conf", "log"))
 # performance, tuning and debug knobs: they change how fast the .om runs or what ATC writes beside it, not what
 # it computes, so the stand-in accepts them and records them as having no effect
 NO_NUMERIC_EFFECT = frozenset(("enable_small_channel", "disable_reuse_memory", "buffer_optimize",
@@ -109,7 +113,9 @@ def parse_flags(argv: list[str]) -> dict[str, str]:
 def usage() -> str:
     return ("usage: atc-sim --model=MODEL.onnx --framework=5 --output=BASE --soc_version=Ascend310 "
             "[--input_shape=\"name:n,c,h,w\"] [--input_format=NCHW] [--precision_mode=force_fp16] "
-            "[--insert_op_conf=insert_op.cfg] [--output_type=FP32|FP16] [--log=error]\n"
+            "[--insert_op_conf=insert_op.cfg] [--output_type=FP32|FP16|node:0:FP16;...] [--out_nodes=node:0;...] "
+            "[--input_fp16_nodes=name;...] [--dynamic_batch_size=1,2,4] [--dynamic_image_size=h,w;h,w] "
+            "[--log=error]\n"
             "atc-sim is atlas-kd's board-free stand-in for ATC: it checks the command and the model as ATC does and "
             "writes a simulated .om that only the pyACL emulator runs.")
 
@@ -163,15 +169,20 @@ def check_flags(flags: dict[str, str]) -> list[AtcError]:
         # code: [INFER] (GE reports invalid option values with E10001)
         errors.append(AtcError("E10001", f"Value {precision} for parameter --precision_mode is invalid. Reason: "
                                          f"only support {', '.join(PRECISION_MODES)}"))
-    output_type = flags.get("output_type")
-    if output_type is not None and output_type not in ("FP32", "FP16"):
-        reason = ("UINT8 outputs and per-node output types are not emulated by atc-sim"
-                  if output_type == "UINT8" or ":" in output_type else "only support FP32, FP16, UINT8")
-        errors.append(AtcError("E10001", f"Value {output_type} for parameter --output_type is invalid. "
-                                         f"Reason: {reason}"))
+    errors += _flag_errors(parse_out_nodes, flags)
+    if not errors:
+        errors += _flag_errors(parse_output_type, flags)
+    dynamic = [name for name in DYNAMIC_OPTIONS if name in flags]
+    if len(dynamic) > 1:
+        errors.append(AtcError("E10009", "Parameters --dynamic_batch_size, --dynamic_image_size and --dynamic_dims "
+                                         "are mutually exclusive: set only one."))
+    elif dynamic and dynamic[0] != "dynamic_dims":
+        if "input_shape" not in flags:
+            errors.append(AtcError("E10004", "Value for --input_shape is empty."))  # GE5 option_utils.cc L530
+        errors += _flag_errors(parse_profiles, flags)
     if "input_shape" in flags:
         try:
-            parse_input_shape(flags["input_shape"])
+            parse_input_shape(flags["input_shape"], allow_dynamic=bool(dynamic))
         except AtcFailure as e:
             errors += e.errors
     for name in sorted(flags):
@@ -182,8 +193,96 @@ def check_flags(flags: dict[str, str]) -> list[AtcError]:
     return errors
 
 
-def parse_input_shape(text: str) -> dict[str, list[int]]:
-    """`name:d1,d2;name2:...` -> {name: dims}; E10002 for the format, E10011 for a dim that is not positive."""
+def _flag_errors(parse, flags: dict[str, str]) -> list[AtcError]:
+    try:
+        parse(flags)
+    except AtcFailure as e:
+        return e.errors
+    return []
+
+
+def _invalid(flag: str, value: str, reason: str, code: str = "E10001") -> AtcFailure:
+    return AtcFailure([AtcError(code, f"Value {value} for parameter --{flag} is invalid. Reason: {reason}.")])
+
+
+def parse_profiles(flags: dict[str, str]) -> tuple[str | None, list]:
+    """(the dynamic option, its profiles): batch sizes, or [h, w] pairs. GE5 option_utils.cc and
+    multi_batch_options.cc: E10003 bad characters, E10020 not h,w pairs, E10035/E10036 count, E10038 <= 0, E10039
+    duplicates."""
+    option = next((name for name in ("dynamic_batch_size", "dynamic_image_size") if name in flags), None)
+    if option is None:
+        return None, []
+    text = flags[option].strip().rstrip(",;")
+    allowed = "0123456789, " + (";" if option == "dynamic_image_size" else "")
+    if not text or any(c not in allowed for c in text):
+        raise _invalid(option, flags[option], f"It can only contain digits, ',', ' '"
+                                              f"{' and ;' if ';' in allowed else ''}", "E10003")
+    if option == "dynamic_batch_size":
+        profiles = [int(v) for v in text.split(",") if v.strip()]
+    else:
+        groups = [[v for v in group.split(",") if v.strip()] for group in text.split(";")]
+        if any(len(g) != 2 for g in groups):
+            raise AtcFailure([AtcError("E10020", f"Value {flags[option]} for --dynamic_image_size is invalid: "
+                                                 "each profile must be two numbers, height,width.")])
+        profiles = [[int(h), int(w)] for h, w in groups]
+    if not DYNAMIC_PROFILES_MIN <= len(profiles) <= DYNAMIC_PROFILES_MAX:
+        code = "E10035" if len(profiles) < DYNAMIC_PROFILES_MIN else "E10036"
+        raise AtcFailure([AtcError(code, f"--{option} has {len(profiles)} profiles; it needs "
+                                         f"{DYNAMIC_PROFILES_MIN} to {DYNAMIC_PROFILES_MAX}.")])
+    if any(v <= 0 for p in profiles for v in (p if isinstance(p, list) else [p])):
+        raise AtcFailure([AtcError("E10038", f"--{option} {flags[option]}: every value must be greater than 0.")])
+    if len({str(p) for p in profiles}) != len(profiles):
+        raise AtcFailure([AtcError("E10039", f"--{option} {flags[option]} has duplicate profiles.")])
+    return option, profiles
+
+
+def parse_out_nodes(flags: dict[str, str]) -> list[tuple[str, int]]:
+    """`node:index;...` -> [(ONNX node name, output index)] (GE5 session/omg.cc ParseOutNodes: E10001; the
+    name-only form is for Caffe only in 5.x)."""
+    if "out_nodes" not in flags:
+        return []
+    nodes = []
+    for item in flags["out_nodes"].split(";"):
+        parts = item.split(":")
+        if len(parts) != 2:
+            raise _invalid("out_nodes", item, 'the correct format is "node_name1:0;node_name1:1;node_name2:0"')
+        if not parts[1].strip().isdigit():
+            raise _invalid("out_nodes", flags["out_nodes"], "index is not positive integer")
+        nodes.append((parts[0].strip(), int(parts[1])))
+    return nodes
+
+
+def parse_output_type(flags: dict[str, str]) -> str | dict[tuple[str, int], str]:
+    """FP32/FP16 for every output, or {(node, index): type} for the per-output form, whose every node:index must be
+    in --out_nodes (GE5 session/omg.cc ParseOutputType, VerifyOutputTypeAndOutNodes: E10001)."""
+    text = flags.get("output_type", "FP32").strip()
+    if ":" not in text:
+        return _output_type(text, text)
+    per_output = {}
+    out_nodes = set(parse_out_nodes(flags))
+    for item in filter(None, text.split(";")):
+        parts = [p.strip() for p in item.split(":")]
+        if len(parts) != 3 or not parts[1].isdigit():
+            raise _invalid("output_type", item, 'the correct format is "node_name:0:FP16;node_name:1:FP32"')
+        key = (parts[0], int(parts[1]))
+        if key not in out_nodes:
+            raise _invalid("output_type", f"{parts[0]}:{parts[1]}", "the node and index must also be in --out_nodes")
+        per_output[key] = _output_type(parts[2], text)
+    return per_output
+
+
+def _output_type(name: str, text: str) -> str:
+    if name not in OUTPUT_TYPES:
+        raise _invalid("output_type", text, "only support FP32, FP16, UINT8")
+    if name == "UINT8":
+        # how the chip converts float results to uint8 (rounding, saturation) is not in our sources
+        raise _invalid("output_type", text, f"UINT8 outputs: {NOT_EMULATED}")
+    return name
+
+
+def parse_input_shape(text: str, allow_dynamic: bool = False) -> dict[str, list[int]]:
+    """`name:d1,d2;name2:...` -> {name: dims}; E10002 for the format, E10011 for a dim that is not positive (-1 is
+    allowed with a dynamic option)."""
     def malformed(reason: str) -> AtcFailure:
         return AtcFailure([AtcError("E10002", f"Value {text} for parameter --input_shape is invalid. Reason: "
                                               f"{reason}. The value must be formatted as {INPUT_SHAPE_FORMAT}.")])
@@ -203,10 +302,10 @@ def parse_input_shape(text: str) -> dict[str, list[int]]:
             if not re.fullmatch(r"-?\d+", item.strip()):
                 raise malformed(f"{item} is not digit")
             dims.append(int(item))
-        if any(d <= 0 for d in dims):
+        if any(d <= 0 and not (d == -1 and allow_dynamic) for d in dims):
             raise AtcFailure([AtcError("E10011", f"Value {text} for parameter --input_shape is invalid: the "
-                                                 f"dims of {name} must be positive integers (-1 only with a "
-                                                 "dynamic-shape option, which atc-sim does not emulate)")])
+                                                 f"dims of {name} must be positive integers (-1 only with "
+                                                 "--dynamic_batch_size or --dynamic_image_size)")])
         shapes[name] = dims
     return shapes
 
@@ -224,8 +323,10 @@ def load_model(path: str):
                                     "--framework."])]) from None
 
 
-def check_shapes(inputs: list[OnnxInput], requested: dict[str, list[int]]) -> dict[str, list[int]]:
-    """The dims each input gets: --input_shape checked against the model (E10016, E10049, E10050 [INFER])."""
+def check_shapes(inputs: list[OnnxInput], requested: dict[str, list[int]],
+                 option: str | None = None) -> dict[str, list[int]]:
+    """The dims each input gets (-1 on a dynamic axis): --input_shape checked against the model (E10016, E10049,
+    E10050 [INFER]) and against the dynamic option (E10018, E10019, E10031: GE5 multi_batch_options.cc)."""
     errors = []
     by_name = {i.name: i for i in inputs}
     for name, dims in requested.items():
@@ -237,7 +338,7 @@ def check_shapes(inputs: list[OnnxInput], requested: dict[str, list[int]]) -> di
         if len(dims) != len(model_dims):
             errors.append(AtcError("E10049", f"The dim count of input [{name}] in --input_shape is {len(dims)}, "
                                              f"but the model input has {len(model_dims)} dims."))
-        elif any(m != -1 and m != d for m, d in zip(model_dims, dims)):
+        elif any(m != -1 and d != -1 and m != d for m, d in zip(model_dims, dims)):
             # A static dim given a different size: the spec names no code; E10050 (dim out of range) is our
             # choice [INFER]. Real ATC may accept it when the graph allows the new shape.
             errors.append(AtcError("E10050", f"The --input_shape dims {dims} of input [{name}] do not match the "
@@ -247,10 +348,19 @@ def check_shapes(inputs: list[OnnxInput], requested: dict[str, list[int]]) -> di
     shapes = {}
     for item in inputs:
         dims = requested.get(item.name, item.dims)
-        if -1 in dims:
+        if item.name not in requested and -1 in dims:
             raise AtcFailure([AtcError("E10011", f"Value for --input_shape is invalid: input [{item.name}] has a "
                                                  f"dynamic dim {dims} and --input_shape does not fix it.")])
+        axes = [axis for axis, d in enumerate(dims) if d == -1]
+        if axes and axes != list(dynamic_axes(option, len(dims))):
+            code, what = (("E10018", "only the batch N") if option == "dynamic_batch_size"
+                          else ("E10019", "only the height and width of a 4-D NCHW input"))
+            raise AtcFailure([AtcError(code, f"--input_shape {item.name}:{','.join(map(str, dims))}: {what} can be "
+                                             f"-1 with --{option}.")])
         shapes[item.name] = list(dims)
+    if option and not any(-1 in dims for dims in shapes.values()):
+        raise AtcFailure([AtcError("E10031" if option == "dynamic_batch_size" else "E10019",
+                                   f"--{option} needs -1 in --input_shape on the axes it sets.")])
     return shapes
 
 
@@ -329,11 +439,11 @@ def _no_parser_errors(model, only) -> list[AtcError]:
 
 # --- building the sim .om ----------------------------------------------------------------------------------
 
-def build(flags: dict[str, str], argv: list[str]) -> tuple[Path, dict[str, Any]]:
-    """Check the model against the flags, then write `<output>.om`; raises AtcFailure with ATC-style errors."""
-    import onnx
+def build(flags: dict[str, str]) -> tuple[Path, dict[str, Any]]:
+    """Check the model against the flags, then write `<output>.om`; raises AtcFailure with ATC-style errors.
 
-    from atlas.aipp import AippConfigError, check_aipp_matches_model, read_insert_op_cfg
+    The .om depends only on the ONNX and the options: no path, time or random id goes inside (issue 15 item 8).
+    """
     from atlas.fileio import write_bytes
     from atlas import sim_om
     from atlas.sim.fp16 import PRECISION_NUMERICS, prepare_for_fp16
@@ -341,81 +451,225 @@ def build(flags: dict[str, str], argv: list[str]) -> tuple[Path, dict[str, Any]]
     model_path = flags["model"]
     model = load_model(model_path)
     inputs = graph_inputs(model)
-    requested = parse_input_shape(flags["input_shape"]) if "input_shape" in flags else {}
-    shapes = check_shapes(inputs, requested)
-
-    aipp = None
-    if flags.get("insert_op_conf"):
-        try:
-            blocks = read_insert_op_cfg(flags["insert_op_conf"])
-            if len(blocks) != 1 or blocks[0].get("related_input_rank", 0) != 0 or len(inputs) != 1:
-                raise AippConfigError("E10001", "Value for parameter --insert_op_conf is invalid. Reason: atc-sim "
-                                                "emulates one aipp_op block for a single-input model")
-            aipp = blocks[0]
-            if aipp["aipp_mode"] != "static":
-                raise AippConfigError("E10001", f"Value aipp_mode: {aipp['aipp_mode']} in --insert_op_conf is "
-                                                f"invalid. Reason: {NOT_EMULATED}")
-            if any(aipp.get(k) for k in ("crop", "padding", "csc_switch")):
-                raise AippConfigError("E10001", "Value for parameter --insert_op_conf is invalid. Reason: AIPP crop, "
-                                                f"padding and CSC: {NOT_EMULATED}")
-            check_aipp_matches_model(aipp, shapes[inputs[0].name])
-        except AippConfigError as e:
-            raise AtcFailure([AtcError(e.code, e.message)]) from None
-
+    option, profiles = parse_profiles(flags)
+    requested = parse_input_shape(flags["input_shape"], bool(option)) if "input_shape" in flags else {}
+    shapes = check_shapes(inputs, requested, option)
+    aipp = _aipp(flags, inputs, shapes)
+    fp16_inputs = _fp16_inputs(flags, model, inputs, aipp)
     errors = lint_errors(model_path, model, set(requested))
     if errors:
         raise AtcFailure(errors)
 
+    _fix_input_dims(model, shapes, option)
+    outputs = _select_outputs(model, parse_out_nodes(flags), shapes, profiles, option)
+    output_types = _output_dtypes(parse_output_type(flags), outputs)
     precision = flags.get("precision_mode", "force_fp16")
     round_weights, round_activations = PRECISION_NUMERICS[precision]
-    output_fp16 = flags.get("output_type") == "FP16"
-    for value in model.graph.input:  # --input_shape fixes dynamic dims in the payload too
-        if value.name in shapes:
-            for dim, size in zip(value.type.tensor_type.shape.dim, shapes[value.name]):
-                dim.Clear()
-                dim.dim_value = size
-    payload = prepare_for_fp16(model, weights=round_weights, activations=round_activations, output_fp16=output_fp16)
-    payload_bytes = payload.SerializeToString()
-
-    onnx_inputs = [{"name": i.name, "dims": shapes[i.name], "dtype": i.dtype} for i in inputs]
-    board_inputs = []
-    for item in onnx_inputs:
-        fmt = flags.get("input_format") or ("NCHW" if len(item["dims"]) == 4 else "ND")
-        if aipp is not None:
-            n, c, h, w = item["dims"]  # §6: AIPP turns the fed input into uint8 NHWC
-            board_inputs.append({"name": item["name"], "dims": [n, h, w, c], "dtype": "uint8", "format": "NHWC"})
-        else:
-            board_inputs.append({**item, "format": fmt})
-    outputs = []
-    for value in payload.graph.output:
-        tensor = value.type.tensor_type
-        outputs.append({"name": value.name, "dims": [d.dim_value for d in tensor.shape.dim],
-                        "dtype": onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).name})
-    output_base = flags["output"]
-    source = Path(model_path)
+    fp16_outputs = {o["name"] for o, dtype in zip(outputs, output_types) if dtype == "float16"}
+    payload = prepare_for_fp16(model, weights=round_weights, activations=round_activations,
+                               output_fp16=fp16_outputs)
+    for entry, dtype in zip(outputs, output_types):
+        entry["dtype"] = dtype if entry["dtype"] == "float32" else entry["dtype"]
+    onnx_inputs = [_input_entry(i.name, shapes[i.name], i.dtype, option, profiles, (2, 3)) for i in inputs]
+    board_inputs = [_board_input(entry, flags, aipp, fp16_inputs, option, profiles) for entry in onnx_inputs]
+    if option:
+        count = 1 if option == "dynamic_batch_size" else 2  # one int64 per dynamic value [INFER: the size]
+        board_inputs.append({"name": DYNAMIC_TENSOR_NAME, "dims": [count], "dtype": "int64", "format": "ND",
+                             "role": "dynamic"})
     meta = {
         "format": "atlas-kd-sim-om",
         "built_by": "atc-sim",
-        "model_name": Path(output_base).name,
+        "model_name": Path(flags["output"]).name,
         "soc_version": flags["soc_version"],
         "precision_mode": precision,
         "framework": 5,
-        "source_onnx": str(source.resolve()),
-        "source_onnx_sha256": hashlib.sha256(source.read_bytes()).hexdigest(),
-        "argv": argv,
+        "source_onnx_sha256": hashlib.sha256(Path(model_path).read_bytes()).hexdigest(),
+        "options": {k: v for k, v in sorted(flags.items()) if k not in NOT_RECORDED},
         "inputs": board_inputs,
         "onnx_inputs": onnx_inputs,
         "outputs": outputs,
         "aipp": aipp,
+        "dynamic": {"kind": "batch" if option == "dynamic_batch_size" else "hw", "profiles": profiles} if option
+        else None,
         "fp16": {"weights": round_weights, "activations": round_activations},
         "no_effect_options": sorted(k for k in flags if k in NO_NUMERIC_EFFECT),
     }
-    om_path = Path(output_base + ".om")
+    om_path = Path(flags["output"] + ".om")
     try:
-        write_bytes(om_path, sim_om.pack(meta, payload_bytes))
+        write_bytes(om_path, sim_om.pack(meta, payload.SerializeToString(deterministic=True)))
     except OSError as e:
         raise AtcFailure([AtcError("E13002", f"Failed to write the model to {om_path}: {e.strerror or e}.")]) from None
     return om_path, meta
+
+
+def _aipp(flags: dict[str, str], inputs: list[OnnxInput], shapes: dict[str, list[int]]) -> dict | None:
+    """The one static aipp_op block atc-sim emulates, checked against the model input (E10001, E10052)."""
+    from atlas.aipp import AippConfigError, check_aipp_matches_model, read_insert_op_cfg
+
+    if not flags.get("insert_op_conf"):
+        return None
+    try:
+        blocks = read_insert_op_cfg(flags["insert_op_conf"])
+        if len(blocks) != 1 or blocks[0].get("related_input_rank", 0) != 0 or len(inputs) != 1:
+            raise AippConfigError("E10001", "Value for parameter --insert_op_conf is invalid. Reason: atc-sim "
+                                            "emulates one aipp_op block for a single-input model")
+        aipp = blocks[0]
+        if aipp["aipp_mode"] != "static":
+            raise AippConfigError("E10001", f"Value aipp_mode: {aipp['aipp_mode']} in --insert_op_conf is "
+                                            f"invalid. Reason: {NOT_EMULATED}")
+        if any(aipp.get(k) for k in ("crop", "padding", "csc_switch")):
+            raise AippConfigError("E10001", "Value for parameter --insert_op_conf is invalid. Reason: AIPP crop, "
+                                            f"padding and CSC: {NOT_EMULATED}")
+        check_aipp_matches_model(aipp, shapes[inputs[0].name])
+    except AippConfigError as e:
+        raise AtcFailure([AtcError(e.code, e.message)]) from None
+    return aipp
+
+
+def _fp16_inputs(flags: dict[str, str], model, inputs: list[OnnxInput], aipp: dict | None) -> set[str]:
+    """--input_fp16_nodes: graph inputs fed as float16 (GE5 session/omg.cc: E10016 no such node, E10017 not an
+    input; E10034 an input AIPP feeds)."""
+    names = [n.strip() for n in flags.get("input_fp16_nodes", "").split(";") if n.strip()]
+    by_name = {i.name for i in inputs}
+    for name in names:
+        if name not in by_name:
+            code = "E10017" if any(node.name == name for node in model.graph.node) else "E10016"
+            what = "is not an input of the model" if code == "E10017" else "is not found in the model"
+            raise AtcFailure([AtcError(code, f"Opname [{name}] specified in [--input_fp16_nodes] {what}.")])
+        if aipp is not None:
+            raise AtcFailure([AtcError("E10034", f"Nodes (for example, {name}) connected to AIPP must not be of "
+                                                 "type fp16.")])
+    return set(names)
+
+
+def _fix_input_dims(model, shapes: dict[str, list[int]], option: str | None) -> None:
+    """--input_shape fixes the payload's input dims; a dynamic axis keeps a symbolic dim."""
+    symbols = {0: "batch", 2: "height", 3: "width"}
+    for value in model.graph.input:
+        if value.name in shapes:
+            for axis, (dim, size) in enumerate(zip(value.type.tensor_type.shape.dim, shapes[value.name])):
+                dim.Clear()
+                if size == -1:
+                    dim.dim_param = symbols.get(axis, f"dim{axis}")
+                else:
+                    dim.dim_value = size
+
+
+def _profile_dims(dims: list[int], option: str | None, profile, axes) -> list[int]:
+    """`dims` with the dynamic axes set to one profile (a batch, or [h, w] on `axes`)."""
+    values = [profile] if option == "dynamic_batch_size" else list(profile)
+    where = [0] if option == "dynamic_batch_size" else list(axes)
+    fixed = list(dims)
+    for axis, value in zip(where, values):
+        fixed[axis] = value
+    return fixed
+
+
+def _input_entry(name: str, dims: list[int], dtype: str, option, profiles, hw_axes) -> dict:
+    """A metadata input: the largest profile's dims, with the axes and dims of each profile when dynamic."""
+    entry = {"name": name, "dims": list(dims), "dtype": dtype}
+    if -1 in dims:
+        per_profile = [_profile_dims(dims, option, p, hw_axes) for p in profiles]
+        entry.update(dims=max(per_profile, key=_elements), dynamic_axes=[a for a, d in enumerate(dims) if d == -1],
+                     profile_dims=per_profile)
+    return entry
+
+
+def _elements(dims: list[int]) -> int:
+    count = 1
+    for d in dims:
+        count *= d
+    return count
+
+
+def _board_input(entry: dict, flags: dict[str, str], aipp, fp16_inputs: set[str], option, profiles) -> dict:
+    """What the board feeds for one ONNX input: uint8 NHWC with AIPP (spec §6), float16 with --input_fp16_nodes."""
+    if aipp is None:
+        fmt = flags.get("input_format") or ("NCHW" if len(entry["dims"]) == 4 else "ND")
+        dtype = "float16" if entry["name"] in fp16_inputs else entry["dtype"]
+        return {**entry, "dtype": dtype, "format": fmt}
+    n, c, h, w = _nchw_with_dynamic(entry)  # §6: AIPP turns the fed input into uint8 NHWC
+    return _input_entry(entry["name"], [n, h, w, c], "uint8", option, profiles, (1, 2)) | {"format": "NHWC"}
+
+
+def _nchw_with_dynamic(entry: dict) -> list[int]:
+    """The NCHW dims of an input entry with -1 back on its dynamic axes."""
+    axes = entry.get("dynamic_axes", [])
+    return [-1 if a in axes else d for a, d in enumerate(entry["dims"])]
+
+
+def _select_outputs(model, out_nodes: list[tuple[str, int]], shapes, profiles, option) -> list[dict]:
+    """The .om's outputs: the graph's, or the --out_nodes node outputs in their order (GE5 omg.cc SetOutputNodeInfo:
+    E10016 no such node, E10003 no such output index), each with its dims per profile from shape inference."""
+    import onnx
+
+    if out_nodes:
+        nodes = {node.name: node for node in model.graph.node if node.name}
+        tensors = []
+        for name, index in out_nodes:
+            if name not in nodes:
+                raise AtcFailure([AtcError("E10016", f"Opname [{name}] specified in [--out_nodes] is not found in "
+                                                     "the model.")])
+            if index >= len(nodes[name].output):
+                raise AtcFailure([AtcError("E10003", f"Value {name} for parameter --out_nodes is invalid. Reason: "
+                                                     f"output index:{index} must be smaller than output size:"
+                                                     f"{len(nodes[name].output)} and can not be negative!")])
+            tensors.append(nodes[name].output[index])
+        inferred = _infer(model, {k: [max(d, 1) for d in v] for k, v in shapes.items()})
+        types = {vi.name: vi.type.tensor_type.elem_type for vi in
+                 list(inferred.graph.value_info) + list(inferred.graph.output) + list(inferred.graph.input)}
+        del model.graph.output[:]
+        model.graph.output.extend(onnx.helper.make_tensor_value_info(t, types.get(t, onnx.TensorProto.FLOAT), None)
+                                  for t in tensors)
+    entries = [{"name": o.name, "dtype": onnx.helper.tensor_dtype_to_np_dtype(o.type.tensor_type.elem_type).name}
+               for o in model.graph.output]
+    for entry, (name, index) in zip(entries, out_nodes):
+        entry.update(node=name, node_output=index)  # where each output came from: the --out_nodes mapping
+    runs = [{k: _profile_dims(v, option, p, (2, 3)) if -1 in v else v for k, v in shapes.items()}
+            for p in profiles] or [shapes]
+    per_run = [_output_dims(model, fixed) for fixed in runs]
+    for i, entry in enumerate(entries):
+        dims = [run[i] for run in per_run]
+        entry["dims"] = max(dims, key=_elements)
+        if option:
+            entry["profile_dims"] = dims
+    return entries
+
+
+def _infer(model, fixed: dict[str, list[int]]):
+    import onnx
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    for value in probe.graph.input:
+        if value.name in fixed:
+            for dim, size in zip(value.type.tensor_type.shape.dim, fixed[value.name]):
+                dim.Clear()
+                dim.dim_value = size
+    return onnx.shape_inference.infer_shapes(probe)
+
+
+def _output_dims(model, fixed: dict[str, list[int]]) -> list[list[int]]:
+    """Each graph output's dims with the inputs fixed to `fixed`; E19999 when shape inference cannot tell."""
+    inferred = _infer(model, fixed)
+    known = {vi.name: vi for vi in list(inferred.graph.value_info) + list(inferred.graph.output)}
+    result = []
+    for output in model.graph.output:
+        vi = known.get(output.name)
+        dims = [d.dim_value if d.HasField("dim_value") else -1 for d in vi.type.tensor_type.shape.dim] if vi else [-1]
+        if -1 in dims or not vi.type.tensor_type.HasField("shape"):
+            raise AtcFailure([AtcError("E19999", "Unknown error occurred. Please check the log.",
+                                       [f"PossibleCause: atc-sim cannot tell the dims of output {output.name} for "
+                                        f"inputs {fixed} (ONNX shape inference)"])])
+        result.append(dims)
+    return result
+
+
+def _output_dtypes(output_type, outputs: list[dict]) -> list[str]:
+    """The numpy dtype of each .om output: --output_type for all, per output, or the model's own (FP32)."""
+    if isinstance(output_type, str):
+        return [OUTPUT_TYPES[output_type]] * len(outputs)
+    return [OUTPUT_TYPES[output_type.get((o.get("node"), o.get("node_output")), "FP32")] for o in outputs]
 
 
 # --- main --------------------------------------------------------------------------------------------------
@@ -458,7 +712,7 @@ def main(argv: list[str] | None = None) -> int:
     if errors:
         return _fail(errors)
     try:
-        build(flags, full_argv)
+        build(flags)
     except AtcFailure as e:
         return _fail(e.errors)
     print(SUCCESS_LINE)

@@ -36,10 +36,11 @@ def round_to_fp16(array: np.ndarray) -> np.ndarray:
 
 
 def prepare_for_fp16(model: onnx.ModelProto, weights: bool = True, activations: bool = True,
-                     output_fp16: bool = False) -> onnx.ModelProto:
+                     output_fp16: bool | set[str] = False) -> onnx.ModelProto:
     """A copy of `model` whose numerics follow float16 storage; inputs and outputs keep their names.
 
-    `output_fp16` makes float graph outputs float16 (`--output_type=FP16`); otherwise I/O stays float32.
+    `output_fp16` makes float graph outputs float16 (`--output_type=FP16`), or only the outputs it names (the
+    per-output form); otherwise I/O stays float32.
     """
     prepared = onnx.ModelProto()
     prepared.CopyFrom(model)
@@ -50,7 +51,8 @@ def prepare_for_fp16(model: onnx.ModelProto, weights: bool = True, activations: 
     if activations:
         _round_activations(graph, float_values)
     if output_fp16:
-        _make_outputs_fp16(graph, float_values)
+        names = {o.name for o in graph.output} if output_fp16 is True else set(output_fp16)
+        _make_outputs_fp16(graph, float_values & names)
     return prepared
 
 
