@@ -315,8 +315,9 @@ def test_empty_output_buffer_is_allocated_by_execute_for_the_caller_to_free(read
 def test_malloc_rounds_up_to_32_plus_32_and_aligns_to_64(ready):
     ptr, ret = acl.rt.malloc(100, C.ACL_MEM_MALLOC_NORMAL_ONLY)
     assert ret == 0 and ptr % 64 == 0
-    assert acl.rt.memcpy(ptr, 160, ptr, 160, C.ACL_MEMCPY_DEVICE_TO_DEVICE) == 0  # 100 -> 128 + 32 (spec §1.2)
-    assert acl.rt.memcpy(ptr, 161, ptr, 161, C.ACL_MEMCPY_DEVICE_TO_DEVICE) == C.ACL_ERROR_RT_PARAM_INVALID
+    source, _ = acl.rt.malloc(4096, C.ACL_MEM_MALLOC_NORMAL_ONLY)
+    assert acl.rt.memcpy(ptr, 160, source, 160, C.ACL_MEMCPY_DEVICE_TO_DEVICE) == 0  # 100 -> 128 + 32 (spec §1.2)
+    assert acl.rt.memcpy(ptr, 161, source, 161, C.ACL_MEMCPY_DEVICE_TO_DEVICE) == C.ACL_ERROR_RT_PARAM_INVALID
 
 
 def test_malloc_memory_is_not_zeroed(ready):
@@ -356,20 +357,13 @@ def test_device_mode_accepts_every_copy_kind_between_known_pointers(ready):
         assert acl.rt.memcpy(device, 64, acl.util.bytes_to_ptr(data), 64, kind) == 0
 
 
-# -- misuse: one test each, with the code the emulator chose (spec §2: per-call codes undocumented) --------------
-def test_calls_before_init_return_uninitialize():
-    assert acl.rt.set_device(0) == C.ACL_ERROR_UNINITIALIZE == 100001
-    assert acl.rt.malloc(64, 2) == (0, 100001)
-    assert acl.mdl.load_from_file("model.om") == (0, 100001)
-
-
+# -- misuse: the cited codes are in docs/emulator.md and tests/test_acl_error_codes.py; these are the rest --------
 def test_repeated_init_returns_repeat_initialize():
     assert acl.init() == 0
     assert acl.init() == C.ACL_ERROR_REPEAT_INITIALIZE == 100002
 
 
 def test_repeated_finalize_returns_repeat_finalize_and_init_again_works():
-    assert acl.finalize() == C.ACL_ERROR_UNINITIALIZE  # never initialised
     assert acl.init() == 0
     assert acl.finalize() == 0
     assert acl.finalize() == C.ACL_ERROR_REPEAT_FINALIZE == 100037
@@ -389,34 +383,18 @@ def test_memcpy_count_above_dest_max_returns_param_invalid(ready):
     assert "exceeds dest_max" in last_error()["why"]
 
 
-def test_memcpy_beyond_the_source_allocation_returns_param_invalid(ready):
+def test_memcpy_beyond_a_device_source_allocation_returns_param_invalid(ready):
     ptr, _ = acl.rt.malloc(4096, C.ACL_MEM_MALLOC_NORMAL_ONLY)
-    data = bytes(100)
-    assert acl.rt.memcpy(ptr, 4096, acl.util.bytes_to_ptr(data), 101, 3) == 107000
+    small, _ = acl.rt.malloc(100, C.ACL_MEM_MALLOC_NORMAL_ONLY)
+    assert acl.rt.memcpy(ptr, 4096, small, 161, 3) == 107000
     assert "overrun" in last_error()["why"]
 
 
-def test_execute_with_input_buffer_size_differing_from_the_model_returns_input_not_match(ready, om_path):
-    model = Opened(om_path)
-    small, _ = acl.rt.malloc(model.in_size // 2, 2)
-    in_ds = acl.mdl.create_dataset()
-    acl.mdl.add_dataset_buffer(in_ds, acl.create_data_buffer(small, model.in_size // 2))
-    assert acl.mdl.execute(model.model_id, in_ds, model.out_ds) == C.ACL_ERROR_MODEL_INPUT_NOT_MATCH == 100017
-
-
-def test_execute_with_output_buffer_size_differing_from_the_model_returns_output_not_match(ready, om_path):
-    model = Opened(om_path)
-    big, _ = acl.rt.malloc(model.out_size * 2, 2)
-    out_ds = acl.mdl.create_dataset()
-    acl.mdl.add_dataset_buffer(out_ds, acl.create_data_buffer(big, model.out_size * 2))
-    assert acl.mdl.execute(model.model_id, model.in_ds, out_ds) == C.ACL_ERROR_MODEL_OUTPUT_NOT_MATCH == 100018
-
-
-def test_execute_before_buffers_exist_returns_input_not_match(ready, om_path):
-    model = Opened(om_path)
-    empty = acl.mdl.create_dataset()
-    assert acl.mdl.execute(model.model_id, empty, model.out_ds) == 100017
-    assert acl.mdl.execute(model.model_id, model.in_ds, acl.mdl.create_dataset()) == 100018
+def test_memcpy_past_the_end_of_a_bytes_source_is_refused_in_host_mode(ready):
+    acl._sim.set_run_mode(C.ACL_HOST)
+    ptr, _ = acl.rt.malloc(4096, C.ACL_MEM_MALLOC_NORMAL_ONLY)
+    data = bytes(100)
+    assert acl.rt.memcpy(ptr, 4096, acl.util.bytes_to_ptr(data), 101, C.ACL_MEMCPY_HOST_TO_DEVICE) == 107000
 
 
 def test_execute_on_freed_buffer_memory_returns_param_invalid(ready, om_path):
@@ -434,34 +412,12 @@ def test_memcpy_after_free_returns_param_invalid(ready):
     assert "use after free" in last_error()["why"]
 
 
-def test_double_free_returns_memory_free(ready):
-    ptr, _ = acl.rt.malloc(64, 2)
-    assert acl.rt.free(ptr) == 0
-    assert acl.rt.free(ptr) == C.ACL_ERROR_RT_MEMORY_FREE == 207002
-    assert "double free" in last_error()["why"]
-
-
-def test_free_of_malloc_host_memory_returns_memory_free(ready):
-    host, _ = acl.rt.malloc_host(64)
-    assert acl.rt.free(host) == 207002
-    assert acl.rt.free_host(host) == 0
-
-
 def test_unknown_pointer_is_refused_by_memcpy_and_free(ready):
     ptr, _ = acl.rt.malloc(64, 2)
     unknown = ctypes.addressof(ctypes.create_string_buffer(64))  # real memory the emulator never handed out
     assert acl.rt.memcpy(ptr, 64, unknown, 64, 3) == 107000
     assert "not memory the emulator knows" in last_error()["why"]
-    assert acl.rt.free(unknown) == 207002
-    assert acl.rt.memcpy(0, 64, ptr, 64, 3) == 107000  # null
-
-
-def test_bad_model_id_returns_invalid_model_id(ready, om_path):
-    model = Opened(om_path)
-    assert acl.mdl.execute(model.model_id + 99, model.in_ds, model.out_ds) == C.ACL_ERROR_INVALID_MODEL_ID == 100011
-    assert acl.mdl.get_desc(acl.mdl.create_desc(), 12345) == 100011
-    assert acl.mdl.unload(model.model_id) == 0
-    assert acl.mdl.unload(model.model_id) == 100011
+    assert acl.rt.free(unknown) == 107000
 
 
 def test_execute_in_another_context_than_the_load_returns_model_context(ready, om_path):
@@ -489,10 +445,6 @@ def test_destroying_a_data_buffer_twice_returns_invalid_param():
 def test_ptr_to_bytes_on_an_unknown_pointer_stops_loudly_instead_of_reading_garbage(ready):
     with pytest.raises(acl.util.SimMemoryError, match="ptr_to_bytes"):
         acl.util.ptr_to_bytes(ctypes.addressof(ctypes.create_string_buffer(8)), 8)
-
-
-def test_missing_model_file_returns_read_model_failure(ready, tmp_path):
-    assert acl.mdl.load_from_file(str(tmp_path / "absent.om")) == (0, C.ACL_ERROR_READ_MODEL_FAILURE)
 
 
 def test_damaged_sim_om_returns_parse_model(ready, tmp_path, om_path):

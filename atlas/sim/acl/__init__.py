@@ -7,10 +7,12 @@ open: see the docstrings of rt.py, mdl.py and the functions below), never a Pyth
 not raise. Memory is real (see _memory.py), models are sim .om files run with onnxruntime (see _model.py).
 Test hooks: `acl._sim` (counters, reset, failure injection; knobs in _state.py).
 
-Top-level calls here: init/finalize (spec §1.1) and the data-buffer calls (spec §1.4):
-- 100002 ACL_ERROR_REPEAT_INITIALIZE for a second init (spec §1.1 [OFF]); init after finalize is allowed.
-- 100037 ACL_ERROR_REPEAT_FINALIZE for finalize after finalize (spec §1.1 [MEM]); 100001 for finalize without init.
-- 100003 ACL_ERROR_INVALID_FILE / 100006 ACL_ERROR_PARSE_FILE: an init config that cannot be read / is not JSON.
+Top-level calls here: init/finalize (spec §1.1), app_log, get_soc_name and the data-buffer calls (spec §1.4). Every
+code and its source is in docs/emulator.md; in short:
+- 100002 ACL_ERROR_REPEAT_INITIALIZE for a second init; init after finalize is allowed.
+- 100037 ACL_ERROR_REPEAT_FINALIZE for finalize after finalize; finalize without any init succeeds.
+- 100003 ACL_ERROR_INVALID_FILE / 100006 ACL_ERROR_PARSE_FILE: an init config that cannot be read / is not JSON
+  [INFER].
 - finalize with live resources returns 0 like the real call, reports what leaked on stderr and in the counters
   ("leaks_at_finalize"), and releases it.
 - 100000 ACL_ERROR_INVALID_PARAM: destroy/update of a data buffer that is not live (double destroy).
@@ -27,7 +29,7 @@ from ._errors import Fail
 from ._state import STATE, DataBuffer, api
 
 __atlas_kd_sim__ = True  # the board app refuses a sim .om unless it sees this marker (a real acl has none)
-__all__ = ["init", "finalize", "create_data_buffer", "destroy_data_buffer", "get_data_buffer_addr",
+__all__ = ["init", "finalize", "app_log", "get_soc_name", "create_data_buffer", "destroy_data_buffer", "get_data_buffer_addr",
            "get_data_buffer_size", "get_data_buffer_size_v2", "update_data_buffer", "rt", "mdl", "util"]
 
 
@@ -59,6 +61,7 @@ def _leaks() -> dict:
         "model_descs": len(STATE.descs),
         "datasets": len(STATE.datasets),
         "data_buffers": len(STATE.buffers),
+        "threads_running": sum(1 for t in STATE.threads.values() if t.is_alive()),
     }
     return {name: value for name, value in leaks.items() if value}
 
@@ -77,10 +80,8 @@ def _describe(leaks: dict) -> str:
 
 @api("acl.finalize")
 def finalize():
-    if not STATE.initialized:
-        if STATE.ever_finalized:
-            raise Fail(C.ACL_ERROR_REPEAT_FINALIZE, "acl.finalize was already called")
-        raise Fail(C.ACL_ERROR_UNINITIALIZE, "acl.finalize before acl.init")
+    if not STATE.initialized and STATE.ever_finalized:
+        raise Fail(C.ACL_ERROR_REPEAT_FINALIZE, "acl.finalize was already called")
     leaks = _leaks()
     STATE.counters["finalize_calls"] += 1
     STATE.counters["leaks_at_finalize"] = leaks
@@ -91,6 +92,30 @@ def finalize():
     STATE.ever_finalized = True
     STATE.dump_stats()
     return C.ACL_SUCCESS
+
+
+_LOG_LEVELS = (0, 1, 2, 3)  # ACL_DEBUG, ACL_INFO, ACL_WARNING, ACL_ERROR (app_log doc)
+
+
+def app_log(log_level, message):
+    """Record `message` in the system log (the plog on a board; here the counters, and stderr when verbose).
+
+    No return value, no init needed: ACLLite logs from import time on (app_log doc, aclpythondevg_01_0050)."""
+    if not isinstance(log_level, int) or not isinstance(message, str):
+        raise TypeError(f"app_log(log_level: int, message: str), got {type(log_level).__name__}, "
+                        f"{type(message).__name__}")
+    with STATE.lock:
+        STATE.counters["calls"]["acl.app_log"] = STATE.counters["calls"].get("acl.app_log", 0) + 1
+        key = str(log_level) if log_level in _LOG_LEVELS else "other"
+        STATE.counters["app_log"][key] = STATE.counters["app_log"].get(key, 0) + 1
+        if STATE.verbose:
+            sys.stderr.write(f"acl-sim: app_log[{log_level}]: {message}\n")
+
+
+@api("acl.get_soc_name", "value", None)
+def get_soc_name():
+    """The chip's name: "Ascend310" on the Atlas 200 DK (get_soc_name doc, 6.0.1 aclpythondevg_01_0008)."""
+    return "Ascend310"
 
 
 # -- data buffers (spec §1.4) -----------------------------------------------------------------------------------

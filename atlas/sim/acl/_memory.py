@@ -17,9 +17,10 @@ from atlas.board import acl_consts as C
 
 from ._errors import Fail
 
-# spec §2: per-call codes are undocumented; the emulator chooses from the table (see rt.py)
+# docs/emulator.md: the runtime answers a bad pointer with 107000, a free of memory it does not hold too (the
+# driver's DRV_ERROR_INVALID_VALUE); 207002 ACL_ERROR_RT_MEMORY_FREE exists but no free path returns it.
 PARAM_INVALID = C.ACL_ERROR_RT_PARAM_INVALID  # 107000: null, unknown, freed or overrun pointer
-FREE_FAILED = C.ACL_ERROR_RT_MEMORY_FREE      # 207002: double free, never allocated, wrong free call
+FREE_FAILED = C.ACL_ERROR_RT_PARAM_INVALID    # 107000: double free, never allocated, interior pointer
 POISON = 0xA5
 _USER_REGIONS_MAX = 256
 _USER_BYTES_MAX = 256 * 1024 * 1024
@@ -94,6 +95,11 @@ class Memory:
         self._freed[ptr] = region
         return region
 
+    def kind_of(self, ptr: int) -> str | None:
+        """"device" or "host" for a live allocation starting at ptr, else None."""
+        region = self._allocations.get(ptr)
+        return region.kind if region is not None else None
+
     def live_allocations(self) -> tuple[list[Region], list[Region]]:
         regions = list(self._allocations.values())
         return [r for r in regions if r.kind == "device"], [r for r in regions if r.kind == "host"]
@@ -121,18 +127,19 @@ class Memory:
                 return region
         return None
 
+    def user_region(self, ptr: int) -> Region | None:
+        """The live acl.util region holding ptr (the newest when several overlap), else None."""
+        if self._find_allocation(ptr) is not None:
+            return None
+        return next((r for r in reversed(self._user.values()) if r.start <= ptr < r.end), None)
+
     def find(self, ptr: int, count: int, what: str) -> Region:
         """The region holding [ptr, ptr+count); Fail(107000) naming `what` for null, stale, unknown or overflow."""
         if not isinstance(ptr, int):
             raise TypeError(f"{what} must be an int pointer, got {type(ptr).__name__}")
         if ptr == 0:
             raise Fail(PARAM_INVALID, f"{what} is a null pointer")
-        region = self._find_allocation(ptr)
-        if region is None:
-            for candidate in reversed(self._user.values()):
-                if candidate.start <= ptr < candidate.end:
-                    region = candidate
-                    break
+        region = self._find_allocation(ptr) or self.user_region(ptr)
         if region is None:
             for stale in self._freed.values():
                 if stale.start <= ptr < stale.end:

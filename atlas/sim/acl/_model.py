@@ -1,8 +1,11 @@
 """A loaded sim .om: its I/O description (from the container's metadata) and the onnxruntime session that runs it.
 
-The metadata (see the common brief, "Sim .om metadata") says what the board feeds ("inputs": uint8 NHWC with AIPP),
-what the ONNX payload takes ("onnx_inputs") and what comes out ("outputs", float16 with --output_type=FP16). The
-payload is already prepared for float16 numerics by atc-sim; AIPP is applied here, in float16, as the chip does.
+The metadata (written by atlas/sim/atc_sim.py) says what the board feeds ("inputs": uint8 NHWC with AIPP, float16
+with --input_fp16_nodes), what the ONNX payload takes ("onnx_inputs") and what comes out ("outputs", float16 with
+--output_type=FP16). A dynamic-batch or dynamic-image-size model ("dynamic": kind and profiles) has one more input,
+the profile tensor ascend_mbatch_shape_data, last; its other inputs and its outputs carry their dims per profile
+("profile_dims"; "dims" is the largest). The payload is already prepared for float16 numerics by atc-sim; AIPP is
+applied here, in float16, as the chip does.
 """
 from __future__ import annotations
 
@@ -32,10 +35,25 @@ class TensorSpec:
         self.acl_dtype = C.ACL_DTYPE[self.dtype]
         self.format = _FORMATS.get(entry.get("format", "ND" if len(self.dims) != 4 else "NCHW"), -1)
         self.size = int(np.prod(self.dims)) * np.dtype(self.dtype).itemsize
+        self.role = entry.get("role", "data")  # "dynamic": the profile tensor
+        self.dynamic_axes = [int(a) for a in entry.get("dynamic_axes", [])]
+        self.profile_dims = [[int(d) for d in dims] for dims in entry.get("profile_dims", [])]
 
-    def dims_dict(self) -> dict:
+    def dims_at(self, profile: int | None) -> list[int]:
+        """The dims at profile number `profile` (None, or a static tensor: the dims)."""
+        return list(self.dims) if profile is None or not self.profile_dims else list(self.profile_dims[profile])
+
+    def bytes_at(self, profile: int | None) -> int:
+        return int(np.prod(self.dims_at(profile))) * np.dtype(self.dtype).itemsize
+
+    def dims_dict(self, dims: list[int] | None = None) -> dict:
         """aclmdlIODims as pyACL returns it (spec §1.3)."""
-        return {"name": self.name, "dimCount": len(self.dims), "dims": list(self.dims)}
+        dims = list(self.dims) if dims is None else dims
+        return {"name": self.name, "dimCount": len(dims), "dims": dims}
+
+    def dynamic_dims_dict(self) -> dict:
+        """get_input_dims: -1 on the axes a profile sets (spec §1.3 [OFF])."""
+        return self.dims_dict([-1 if axis in self.dynamic_axes else d for axis, d in enumerate(self.dims)])
 
 
 class LoadedModel:
@@ -60,8 +78,14 @@ class LoadedModel:
             raise Fail(C.ACL_ERROR_PARSE_MODEL, f"sim .om metadata lacks {e}") from None
         self.aipp = meta.get("aipp") or None
         self.aipp_input = int(self.aipp.get("related_input_rank", 0)) if self.aipp else None
-        if len(self.onnx_inputs) != len(self.inputs):
-            raise Fail(C.ACL_ERROR_PARSE_MODEL, "sim .om metadata: inputs and onnx_inputs differ in count")
+        self.data_inputs = [spec for spec in self.inputs if spec.role != "dynamic"]
+        self.dynamic_index = next((i for i, spec in enumerate(self.inputs) if spec.role == "dynamic"), None)
+        dynamic = meta.get("dynamic") or {}
+        self.dynamic_kind = dynamic.get("kind")  # "batch", "hw" or None
+        self.profiles = [p if isinstance(p, int) else list(p) for p in dynamic.get("profiles", [])]
+        self.current_profile = None  # set by set_dynamic_batch_size / set_dynamic_hw_size (per model, as in GE)
+        if len(self.onnx_inputs) != len(self.data_inputs) or (self.dynamic_kind is None) != (self.dynamic_index is None):
+            raise Fail(C.ACL_ERROR_PARSE_MODEL, "sim .om metadata: inputs, onnx_inputs and dynamic do not agree")
         self.session = _session(container.onnx_bytes, source)
         payload_inputs = {i.name for i in self.session.get_inputs()}
         missing = [spec.name for spec in self.onnx_inputs if spec.name not in payload_inputs]
@@ -74,18 +98,29 @@ class LoadedModel:
         # With static AIPP, get_input_dims reports the model's own (pre-AIPP) input and get_input_dims_v2 the uint8
         # NHWC input whose product is the size to allocate (spec §1.3 [OFF] relation; atc.md §6 layout change).
         spec = self.onnx_inputs[index] if self.aipp_input == index else self.inputs[index]
-        return spec.dims_dict()
+        return spec.dynamic_dims_dict()
 
-    def run(self, input_bytes: list[bytes]) -> list[bytes]:
-        """One execution: the bytes of each input buffer in, the bytes of each output (model dtype) out."""
+    def profile_of(self, raw: bytes) -> int | None:
+        """Which profile the profile tensor's bytes select (set_dynamic_* writes uint64 values, or uint32 in a
+        buffer too short for them: GE5 ge_executor.cc SetDynamicBatchSize/SetDynamicImageSize), else None."""
+        count = 1 if self.dynamic_kind == "batch" else 2
+        width = 8 if len(raw) >= 8 * count else 4
+        values = [int.from_bytes(raw[i * width:(i + 1) * width], "little") for i in range(count)]
+        wanted = values[0] if count == 1 else values
+        return self.profiles.index(wanted) if wanted in self.profiles else None
+
+    def run(self, input_bytes: list[bytes], profile: int | None = None) -> list[bytes]:
+        """One execution at `profile`: the bytes of each data input in, the bytes of each output (model dtype) out."""
         feed = {}
-        for index, (raw, spec, onnx_spec) in enumerate(zip(input_bytes, self.inputs, self.onnx_inputs)):
-            array = np.frombuffer(raw, dtype=spec.dtype).reshape(spec.dims)
+        for index, (raw, spec, onnx_spec) in enumerate(zip(input_bytes, self.data_inputs, self.onnx_inputs)):
+            array = np.frombuffer(raw, dtype=spec.dtype, count=spec.bytes_at(profile) // np.dtype(spec.dtype).itemsize)
+            array = array.reshape(spec.dims_at(profile))
             if index == self.aipp_input:
                 array = aipp_math.apply_aipp(array, self.aipp, fp16=True)
-            feed[onnx_spec.name] = np.ascontiguousarray(array.reshape(onnx_spec.dims), dtype=onnx_spec.dtype)
+            feed[onnx_spec.name] = np.ascontiguousarray(array.reshape(onnx_spec.dims_at(profile)),
+                                                        dtype=onnx_spec.dtype)
         results = self.session.run(None, feed)
-        return [np.ascontiguousarray(result, dtype=spec.dtype).reshape(spec.dims).tobytes()
+        return [np.ascontiguousarray(result, dtype=spec.dtype).reshape(spec.dims_at(profile)).tobytes()
                 for result, spec in zip(results, self.outputs)]
 
 

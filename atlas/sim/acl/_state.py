@@ -46,7 +46,16 @@ class Context:
 class Stream:
     def __init__(self, context: int):
         self.context = context
-        self.pending = []  # execute_async work run at synchronize_stream
+        self.pending = []       # tasks (execute_async, memcpy_async, memset_async, callbacks), run in order at sync
+        self.subscriber = None  # the thread id (acl.util.start_thread) whose process_report runs its callbacks
+
+
+class Subscriber:
+    """A thread that serves callbacks: its queue of launched callbacks, and the streams it is subscribed to."""
+
+    def __init__(self):
+        self.queue = []
+        self.ready = threading.Condition(threading.Lock())
 
 
 class DataBuffer:
@@ -107,6 +116,8 @@ class State:
             "bytes_copied": {name: 0 for name in C.MEMCPY_KIND_NAMES.values()},
             "peak_allocation_bytes": 0,
             "finalize_calls": 0,
+            "warnings": [],  # what the real runtime accepts but is suspicious (a short buffer, ...)
+            "app_log": {"0": 0, "1": 0, "2": 0, "3": 0},
             "leaks_at_finalize": None,  # None: never finalized; {}: finalized with nothing leaked
         }
 
@@ -118,6 +129,8 @@ class State:
         self.descs = {}        # handle -> LoadedModel (after get_desc) or None
         self.datasets = {}     # handle -> [data buffer handles]
         self.buffers = {}      # handle -> DataBuffer
+        self.threads = {}      # acl.util.start_thread id -> threading.Thread
+        self.subscribers = {}  # thread id -> Subscriber (acl.rt.subscribe_report)
         self.memory = Memory()
         self.next_model_id = 1
         self.thread = threading.local()
@@ -140,17 +153,15 @@ class State:
         return table[handle]
 
     def current_context(self):
-        """The calling thread's context: the one it set or created, else the default one of a set device."""
-        handle = getattr(self.thread, "context", None)
-        if handle in self.contexts:
-            return handle
-        for handle, context in self.contexts.items():
-            if context.default and context.device_id in self.devices:
+        """The calling thread's context: the one it set or created, else the default context of the device it set.
+        A thread started by acl.util.start_thread has neither until it calls set_context (start_thread doc)."""
+        for handle in (getattr(self.thread, "context", None), getattr(self.thread, "default_context", None)):
+            if handle in self.contexts:
                 return handle
         return None
 
     def require_context(self) -> int:
-        self.require_init()
+        """The current context, or Fail(107002); needs no acl.init, as in the runtime (docs/emulator.md)."""
         context = self.current_context()
         if context is None:
             raise Fail(C.ACL_ERROR_RT_CONTEXT_NULL,
@@ -208,33 +219,45 @@ STATE = State()
 atexit.register(lambda: STATE.dump_stats())
 
 
-def api(name: str, returns: str = "ret", default=0):
+def warn(call: str, why: str) -> None:
+    """Something the real call accepts but an app should not rely on: one line on the log (the sim board's stderr)."""
+    STATE.counters["warnings"].append({"call": call, "why": why})
+    sys.stderr.write(f"acl-sim: warning: {call}: {why}\n")
+
+
+def api(name: str, returns: str = "ret", default=0, locked: bool = True):
     """Wrap an API function: count it, inject failures, map Fail to the real call's return shape.
 
     returns: "ret" (an int), "pair" ((default, ret); default may be a callable of the call's arguments), or
-    "value" (default on failure, e.g. 0 for a null handle).
+    "value" (default on failure, e.g. 0 for a null handle). `locked=False` is for calls that wait on another
+    thread (synchronize_stream, process_report, stop_thread): they take STATE.lock themselves, around state only.
     """
     def wrap(func):
+        def failed(failure: Fail, args):
+            with STATE.lock:
+                STATE.record_error(name, failure.code, failure.why)
+            if returns == "ret":
+                return failure.code
+            value = default(*args) if callable(default) else default
+            if returns != "pair":
+                return value
+            return (*value, failure.code) if isinstance(value, tuple) else (value, failure.code)
+
         @functools.wraps(func)
         def call(*args, **kwargs):
             with STATE.lock:
                 calls = STATE.counters["calls"]
-                calls[name] = calls.get(name, 0) + 1
+                calls[name] = count = calls.get(name, 0) + 1
                 injected = STATE.failures.get(name)
-                if injected is not None and (injected[1] is None or injected[1] == calls[name]):
-                    failure = Fail(injected[0], "injected by ATLAS_KD_SIM_ACL_FAIL (rehearsal knob)")
-                else:
-                    try:
-                        return func(*args, **kwargs)
-                    except Fail as e:
-                        failure = e
-                STATE.record_error(name, failure.code, failure.why)
-                if returns == "ret":
-                    return failure.code
-                value = default(*args) if callable(default) else default
-                if returns == "pair":
-                    return value, failure.code
-                return value
+            if injected is not None and (injected[1] is None or injected[1] == count):
+                return failed(Fail(injected[0], "injected by ATLAS_KD_SIM_ACL_FAIL (rehearsal knob)"), args)
+            try:
+                if not locked:
+                    return func(*args, **kwargs)
+                with STATE.lock:
+                    return func(*args, **kwargs)
+            except Fail as e:
+                return failed(e, args)
         call.acl_name = name
         return call
     return wrap

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import os
 import sys
+import threading
 
 import numpy as np
 
@@ -65,14 +66,15 @@ def numpy_to_ptr(data):
     return ptr
 
 
-@api("acl.util.numpy_contiguous_to_ptr", "value")
+@api("acl.util.numpy_contiguous_to_ptr", "value", (0, None))
 def numpy_contiguous_to_ptr(data):
+    """(ptr, contiguous array): a copy when `data` was not contiguous; keep the array alive (5.0.4 doc, 01_0047)."""
     if not isinstance(data, np.ndarray):
         raise TypeError(f"numpy_contiguous_to_ptr expects a numpy.ndarray, got {type(data).__name__}")
     contiguous = np.ascontiguousarray(data)
     ptr = contiguous.ctypes.data
     STATE.memory.register_user(ptr, contiguous.nbytes, contiguous)
-    return ptr
+    return ptr, contiguous
 
 
 @api("acl.util.ptr_to_numpy", "value", None)
@@ -87,6 +89,33 @@ def ptr_to_numpy(ptr, shape, npy_type):
         return np.empty(shape, dtype=dtype)
     raw = (ctypes.c_char * size).from_address(ptr)
     return np.frombuffer(raw, dtype=dtype).reshape(shape)  # a view onto ptr (spec §1.6)
+
+
+# -- threads (start_thread doc, 5.0.4 aclpythondevg_01_0049) --------------------------------------------------------
+@api("acl.util.start_thread", "pair")
+def start_thread(thr_func, args_list):
+    """(thread id, ret): run thr_func(args_list) in a new thread, which has no ACL context until set_context."""
+    if not callable(thr_func):
+        raise TypeError(f"start_thread: thr_func must be callable, got {type(thr_func).__name__}")
+    thread = threading.Thread(target=thr_func, args=(args_list,), name="acl-util-thread", daemon=True)
+    thread.start()
+    STATE.threads[thread.ident] = thread
+    return thread.ident, C.ACL_SUCCESS
+
+
+@api("acl.util.stop_thread", locked=False)
+def stop_thread(thr_id):
+    """Wait for a start_thread thread to end (a join: it does not kill it; stop_thread doc)."""
+    with STATE.lock:
+        thread = STATE.threads.get(thr_id)
+    if thread is None:
+        raise Fail(C.ACL_ERROR_INVALID_PARAM, f"stop_thread: {thr_id!r} is not a thread from acl.util.start_thread")
+    if thread is threading.current_thread():
+        raise Fail(C.ACL_ERROR_INVALID_PARAM, "stop_thread: a thread cannot wait for itself")
+    thread.join()
+    with STATE.lock:
+        STATE.threads.pop(thr_id, None)
+    return C.ACL_SUCCESS
 
 
 if os.environ.get("ATLAS_KD_SIM_ACL_OLD_UTIL", "") not in ("", "0"):
