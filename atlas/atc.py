@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence, TextIO
 
+from atlas.atc_rules import DYNAMIC_OPTIONS, dynamic_axes
 from atlas.errors import UserError
 
 # --- the lines ATC prints (§3; GE5 main(), all on stdout) -------------------------------------------------
@@ -379,10 +380,7 @@ def build_atc_command(onnx_path: str | Path, output: str | Path, *, atc: str | S
         raise UserError(f"--output {output}: give the base name without .om (ATC appends .om itself)")
     if inputs is None:
         inputs = read_onnx_inputs(onnx_path)
-    dynamic = [i.name for i in inputs if -1 in i.dims]
-    if dynamic and "input_shape" not in {option_name(w) for w in extra}:
-        raise UserError(f"{onnx_path}: input '{dynamic[0]}' has a dynamic dimension; re-export with a static shape "
-                        f"or fix it with --atc-arg=--input_shape={dynamic[0]}:1,C,H,W")
+    _check_dynamic_inputs(onnx_path, inputs, {option_name(w) for w in extra})
     argv = [atc] if isinstance(atc, str) else list(atc)
     options = [
         f"--model={onnx_path}",
@@ -410,6 +408,22 @@ def build_atc_command(onnx_path: str | Path, output: str | Path, *, atc: str | S
         else:
             options.append(word)
     return argv + options
+
+
+def _check_dynamic_inputs(onnx_path, inputs: Sequence[OnnxInput], options: set[str | None]) -> None:
+    """A -1 dim needs --input_shape to fix it, or a dynamic option whose axes it is (atc_rules.dynamic_axes): then
+    --input_shape keeps the -1 there, as ATC takes it (spec §2.2)."""
+    if "input_shape" in options:
+        return
+    option = next((name for name in DYNAMIC_OPTIONS if name in options), None)
+    for item in inputs:
+        axes = [axis for axis, d in enumerate(item.dims) if d == -1]
+        if axes and (option is None or axes != list(dynamic_axes(option, len(item.dims)))):
+            allowed = (f"; --{option} makes only axes {list(dynamic_axes(option, len(item.dims)))} dynamic"
+                       if option else "")
+            raise UserError(f"{onnx_path}: input '{item.name}' has a dynamic dimension at axes {axes}{allowed}; "
+                            f"re-export with a static shape, fix it with --atc-arg=--input_shape={item.name}:1,C,H,W, "
+                            "or build a dynamic .om with --atc-arg=--dynamic_batch_size=1,2,4,8")
 
 
 def rerun_command(cmd: Sequence[str], output: str | Path) -> list[str]:

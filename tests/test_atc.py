@@ -190,6 +190,20 @@ def test_dynamic_input_needs_an_input_shape(tmp_path):
     assert "--input_shape=input:8,1,28,28" in cmd
 
 
+def test_a_dynamic_batch_dim_is_kept_as_minus_one_with_dynamic_batch_size(tmp_path):
+    model = relu_model(tmp_path / "dyn.onnx", shape=("batch", 1, 28, 28))
+    cmd = build_atc_command(model, "m", extra=["--dynamic_batch_size=1,2,4,8"])
+    assert "--input_shape=input:-1,1,28,28" in cmd and cmd[-1] == "--dynamic_batch_size=1,2,4,8"
+
+
+def test_a_dynamic_dim_the_dynamic_option_does_not_cover_is_refused(tmp_path):
+    model = relu_model(tmp_path / "dyn.onnx", shape=(1, "c", 28, 28))
+    with pytest.raises(UserError, match=r"axes \[1\].*--dynamic_batch_size makes only axes \[0\]"):
+        build_atc_command(model, "m", extra=["--dynamic_batch_size=1,2"])
+    hw = relu_model(tmp_path / "hw.onnx", shape=(1, 1, "h", "w"))
+    assert "--input_shape=input:1,1,-1,-1" in build_atc_command(hw, "m", extra=["--dynamic_image_size=8,8;16,16"])
+
+
 def test_missing_onnx_is_one_clear_error(tmp_path):
     with pytest.raises(UserError, match="not found"):
         build_atc_command(tmp_path / "missing.onnx", "m")
