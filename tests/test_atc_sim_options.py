@@ -176,3 +176,14 @@ def test_different_options_give_different_bytes(tmp_path, dynamic_model, capsys)
     assert build(capsys, dynamic_model, first, *BATCH_ARGS)[0] == 0
     assert build(capsys, dynamic_model, second, "--input_shape=input:-1,1,28,28", "--dynamic_batch_size=1,2")[0] == 0
     assert Path(f"{first}.om").read_bytes() != Path(f"{second}.om").read_bytes()
+
+
+def test_two_om_sim_builds_of_one_onnx_in_two_run_folders_are_byte_identical(tmp_path):
+    from atlas.cli import main
+
+    model = tiny_cnn(tmp_path / "model.onnx")
+    for run in ("run-a", "run-b"):
+        assert main(["om", "--onnx", str(model), "--run", str(tmp_path / run), "--sim"]) == 0
+    first, second = (tmp_path / run / "model.om" for run in ("run-a", "run-b"))
+    assert first.read_bytes() == second.read_bytes()
+    assert b"run-a" not in first.read_bytes()  # what identifies the build is beside it, in atc.json
