@@ -10,9 +10,9 @@ import pytest
 import atlas.sim.acl as acl
 from atlas.board import acl_consts as C
 from atlas.sim import atc_sim
-from tests.test_acl_emulator import Opened, write_sim_om
-from tests.test_atc_sim import tiny_cnn
-from tests.test_atc_sim_options import pooled_cnn
+from test_acl_emulator import Opened, write_sim_om
+from test_atc_sim import tiny_cnn
+from test_atc_sim_options import pooled_cnn
 
 TABLE = Path(__file__).resolve().parents[1] / "docs" / "emulator.md"
 ROW = re.compile(r"^\| (E\d\d) \| (\S+) \| (.+?) \| (\d+)\b")

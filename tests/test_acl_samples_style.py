@@ -10,8 +10,8 @@ import pytest
 
 import atlas.sim.acl as acl
 from atlas.board import acl_consts as C
-from tests.test_acl_emulator import build_tiny_cnn_onnx, mnist_like_images, normalise, onnx_reference
-from tests.test_acl_error_codes import dynamic_om, ready
+from test_acl_emulator import build_tiny_cnn_onnx, mnist_like_images, normalise, onnx_reference
+from test_acl_error_codes import dynamic_om, ready
 
 NORMAL_ONLY = C.ACL_MEM_MALLOC_NORMAL_ONLY
 
@@ -59,7 +59,7 @@ class Net:
 
 # -- callbacks on a reporting thread (resnet50_async_imagenet_classification's pattern) -----------------------------
 def test_callbacks_run_on_the_subscribed_thread_after_their_execute_and_before_sync_returns(tmp_path):
-    from tests.test_acl_emulator import write_sim_om
+    from test_acl_emulator import write_sim_om
 
     context = ready()
     stream, _ = acl.rt.create_stream()
@@ -163,7 +163,7 @@ def test_dynamic_batch_runs_the_profile_set_and_reports_its_output_dims(tmp_path
     assert acl.mdl.execute(net.model_id, net.inputs[0], net.outputs[0]) == 0
     got = net.output()
     assert got.shape == (2, 10) and acl.mdl.get_output_dims(net.desc, 0)[0]["dims"] == [8, 10]
-    from tests.test_atc_sim import tiny_cnn  # the stand-in atc-sim built the .om from
+    from test_atc_sim import tiny_cnn  # the stand-in atc-sim built the .om from
     expected = onnx_reference(tiny_cnn(tmp_path / "ref.onnx", batch_dim="N").read_bytes(), images, 2)
     assert np.abs(got - expected).max() < 0.05  # float16 numerics (force_fp16)
     assert acl.mdl.set_dynamic_batch_size(net.model_id, net.inputs[0], index, 3) == \
@@ -171,7 +171,7 @@ def test_dynamic_batch_runs_the_profile_set_and_reports_its_output_dims(tmp_path
 
 
 def test_a_static_model_answers_the_dynamic_queries_with_nothing(tmp_path):
-    from tests.test_acl_emulator import write_sim_om
+    from test_acl_emulator import write_sim_om
 
     ready()
     net = Net(write_sim_om(tmp_path / "tiny.om", batch=2))

@@ -11,7 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from atlas import sim_om
 from atlas.aipp import aipp_from_normalization, write_insert_op_cfg
-from tests.test_atc_sim import codes, run_sim, sim_args, tiny_cnn
+from test_atc_sim import codes, run_sim, sim_args, tiny_cnn
 
 BATCH_ARGS = ("--input_shape=input:-1,1,28,28", "--dynamic_batch_size=1,2,4,8")
 

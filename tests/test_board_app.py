@@ -343,3 +343,48 @@ def test_app_copy_of_the_sim_magic_matches_the_container(monkeypatch):
     spec.loader.exec_module(infer)
     assert infer.SIM_OM_MAGIC == sim_om.SIM_MAGIC
     assert infer.SIM_OM_ON_REAL_BOARD.startswith(sim_om.SIM_MESSAGE)
+
+
+# -- a dynamic-batch .om (profiles 1,2,4,8) ----------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def dynamic_batch_om(tmp_path_factory) -> Path:
+    from atlas.sim import atc_sim
+    from test_atc_sim import tiny_cnn
+
+    folder = tmp_path_factory.mktemp("dynamic")
+    model = tiny_cnn(folder / "dyn.onnx", batch_dim="N")
+    assert atc_sim.main([f"--model={model}", "--framework=5", f"--output={folder / 'dyn'}", "--soc_version=Ascend310",
+                         "--input_shape=input:-1,1,28,28", "--dynamic_batch_size=1,2,4,8"]) == 0
+    return folder / "dyn.om"
+
+
+def test_dynamic_batch_runs_the_last_partial_batch_at_the_smallest_profile_that_holds_it(tmp_path, dynamic_batch_om):
+    k = 2
+    inputs = normalise(mnist_like_images(8 * k + 3, seed=7))
+    np.save(tmp_path / "inputs.npy", inputs)
+    run = run_infer(tmp_path / "out", dynamic_batch_om, tmp_path / "inputs.npy")
+    assert run.returncode == 0, run.stderr
+    timing = run.timing
+    assert timing["executions_by_batch"] == {"8": k, "4": 1} and timing["padded_rows"] == 1
+    assert timing["executions"] == k + 1 and timing["dynamic_batch"] == [1, 2, 4, 8] and timing["batch"] == 8
+    assert run.stats["calls"]["acl.mdl.set_dynamic_batch_size"] == k + 1
+    assert run.stats["calls"]["acl.mdl.get_cur_output_dims"] == k + 1
+    reference = onnx_reference((dynamic_batch_om.parent / "dyn.onnx").read_bytes(), inputs, 8)
+    assert run.outputs.shape == (8 * k + 3, 10)
+    assert cosine_rows(run.outputs, reference).min() >= 0.999
+    assert_released_everything(run)
+
+
+def test_a_static_model_pads_the_last_batch_to_its_own_batch(tmp_path, small_inputs):
+    run = run_infer(tmp_path / "out", write_sim_om(tmp_path / "b7.om", batch=7), small_inputs)
+    assert run.returncode == 0, run.stderr
+    assert run.timing["executions_by_batch"] == {"7": 3} and run.timing["padded_rows"] == 1  # 20 = 7+7+6
+    assert run.timing["dynamic_batch"] is None
+
+
+def test_a_batch_that_is_not_a_profile_of_the_dynamic_model_is_refused(tmp_path, dynamic_batch_om, small_inputs):
+    run = run_infer(tmp_path / "out", dynamic_batch_om, small_inputs, "--batch", "3")
+    assert run.returncode == 2
+    assert run.error_lines == ["infer.py: error: --batch 3 is not a batch size of the model (dynamic: 1,2,4,8); "
+                               "pass one of them"]
+    assert_released_everything(run)

@@ -11,6 +11,10 @@ import numpy as np
 
 import acl_consts as C
 
+# ATC adds this input to a dynamic-batch .om; its name is fixed (pyACL get_input_index_by_name doc; = DYNAMIC_TENSOR_NAME
+# in atlas/atc_rules.py, copied because only this folder reaches the board)
+DYNAMIC_TENSOR_NAME = "ascend_mbatch_shape_data"
+
 
 class AclError(Exception):
     """An ACL call failed. `call` names it ("acl.mdl.execute"); `code` is its return code (None: a null handle)."""
@@ -28,7 +32,8 @@ class AclError(Exception):
 
 
 class ModelError(Exception):
-    """The model is one this app cannot feed (several inputs, dynamic dims, sizes that do not add up)."""
+    """The model is one this app cannot feed (several inputs, dynamic dims other than a batch, sizes that do not
+    add up)."""
 
 
 def check(call, ret):
@@ -113,6 +118,9 @@ class ModelSession(object):
         self.copy_in_kind = None
         self.copy_out_kind = None
         self.staging = None
+        self.profiles = []        # the batch sizes of a dynamic-batch .om, smallest first ([]: a static batch)
+        self.dynamic_index = None  # its profile input (ascend_mbatch_shape_data)
+        self._desc = 0
         self._releases = ReleaseStack()
         self._model_id = None
         self._input_dataset = 0
@@ -144,7 +152,9 @@ class ModelSession(object):
         desc = check_handle("acl.mdl.create_desc", acl.mdl.create_desc())
         push("acl.mdl.destroy_desc", acl.mdl.destroy_desc, desc)
         check("acl.mdl.get_desc", acl.mdl.get_desc(desc, model_id))  # desc first, model_id second (spec §1.3)
+        self._desc = desc
 
+        self._find_dynamic_batch(desc)
         self.input = self._describe_input(desc)
         self.outputs = [self._describe_output(desc, i) for i in range(acl.mdl.get_num_outputs(desc))]
         if not self.outputs:
@@ -152,7 +162,11 @@ class ModelSession(object):
         if self.outputs[0].batch != self.input.batch:
             raise ModelError("model output 0 has dims %s, whose first dim is not the input batch %d: infer.py "
                              "writes one output row per input sample" % (self.outputs[0].dims, self.input.batch))
-        self._input_dataset = self._make_dataset([self.input], with_host_staging=False)
+        inputs = [self.input]
+        if self.dynamic_index is not None:
+            size = acl.mdl.get_input_size_by_index(desc, self.dynamic_index)
+            inputs.append(TensorInfo(self.dynamic_index, size, [size], "uint8"))
+        self._input_dataset = self._make_dataset(inputs, with_host_staging=False)
         self._output_dataset = self._make_dataset(self.outputs, with_host_staging=True)
         # bytes_to_ptr/ptr_to_bytes arrived in later CANN (about 5.1/6.0, [MEM]); older ones, perhaps the 200 DK's,
         # have only the numpy helpers. Check the way the official samples do (spec §1.6 version note).
@@ -172,10 +186,26 @@ class ModelSession(object):
         else:
             raise ModelError("acl.rt.get_run_mode gave %r, neither ACL_DEVICE (0) nor ACL_HOST (1)" % (self.run_mode,))
 
+    def _find_dynamic_batch(self, desc):
+        """A dynamic-batch .om has a second input, the profile tensor, and lists its batch sizes."""
+        mdl = self.acl.mdl
+        if mdl.get_num_inputs(desc) != 2 or not hasattr(mdl, "get_dynamic_batch"):
+            return
+        index, ret = mdl.get_input_index_by_name(desc, DYNAMIC_TENSOR_NAME)
+        if ret != C.ACL_SUCCESS:
+            return
+        batches, ret = mdl.get_dynamic_batch(desc)
+        check("acl.mdl.get_dynamic_batch", ret)
+        if not batches["batch"]:
+            raise ModelError("the model has a %s input but no dynamic batch sizes (a dynamic image size is not "
+                             "supported by infer.py)" % DYNAMIC_TENSOR_NAME)
+        self.dynamic_index = index
+        self.profiles = sorted(int(b) for b in batches["batch"])
+
     def _describe_input(self, desc):
         mdl = self.acl.mdl
-        count = mdl.get_num_inputs(desc)
-        if count != 1:
+        count = mdl.get_num_inputs(desc) - (self.dynamic_index is not None)
+        if count != 1 or self.dynamic_index == 0:
             raise ModelError("the model has %d inputs; infer.py feeds exactly one" % count)
         size = mdl.get_input_size_by_index(desc, 0)
         # With static AIPP the size to allocate is the product of get_input_dims_v2, not of get_input_dims
@@ -185,7 +215,7 @@ class ModelSession(object):
         call = "acl.mdl.get_input_dims_v2" if has_v2 else "acl.mdl.get_input_dims"
         dims_info, ret = (mdl.get_input_dims_v2 if has_v2 else mdl.get_input_dims)(desc, 0)
         check(call, ret)
-        dims = _dims_list(dims_info)
+        dims = self._largest_batch(_dims_list(dims_info))
         acl_dtype = mdl.get_input_data_type(desc, 0)
         dtype = C.NUMPY_DTYPE.get(acl_dtype)
         if dtype is None:
@@ -207,9 +237,9 @@ class ModelSession(object):
     def _describe_output(self, desc, index):
         mdl = self.acl.mdl
         size = mdl.get_output_size_by_index(desc, index)
-        dims_info, ret = mdl.get_output_dims(desc, index)
+        dims_info, ret = mdl.get_output_dims(desc, index)  # the largest profile's in a dynamic model
         check("acl.mdl.get_output_dims", ret)
-        dims = _dims_list(dims_info)
+        dims = self._largest_batch(_dims_list(dims_info))
         acl_dtype = mdl.get_output_data_type(desc, index)
         dtype = C.NUMPY_DTYPE.get(acl_dtype)
         if dtype is None:
@@ -218,6 +248,18 @@ class ModelSession(object):
         info = TensorInfo(index, size, dims, dtype)
         _check_size(info, "output %d" % index)
         return info
+
+    def _largest_batch(self, dims):
+        # a dynamic batch shows as -1 in dim 0 (spec §1.3); the buffers hold the largest profile
+        if self.profiles and dims and dims[0] == -1:
+            return [self.profiles[-1]] + dims[1:]
+        return dims
+
+    def profile_for(self, rows):
+        """The batch an execution of `rows` samples runs at: the model's batch, or the smallest profile >= rows."""
+        if not self.profiles:
+            return self.input.batch
+        return min(p for p in self.profiles if p >= rows)
 
     def _make_dataset(self, tensors, with_host_staging):
         acl, push = self.acl, self._releases.push
@@ -244,20 +286,27 @@ class ModelSession(object):
     def run_batch(self, batch):
         """Copy one batch in, execute, copy the outputs out.
 
-        `batch` is a C-contiguous array of the input's dtype holding exactly `input.batch` samples. Returns
-        (outputs, seconds): one array per model output in the model's dtype and dims, and the copy-in, execute
-        and copy-out times.
+        `batch` is a C-contiguous array of the input's dtype holding exactly `input.batch` samples, or, with a
+        dynamic-batch .om, one of its profiles. Returns (outputs, seconds): one array per model output in the
+        model's dtype and the dims of this execution, and the copy-in, execute and copy-out times.
         """
         acl = self.acl
         started = time.perf_counter()
+        rows = batch.shape[0]
+        if self.profiles:
+            if rows not in self.profiles:
+                raise ModelError("a batch of %d samples is not a profile of the model %s" % (rows, self.profiles))
+            check("acl.mdl.set_dynamic_batch_size", acl.mdl.set_dynamic_batch_size(
+                self._model_id, self._input_dataset, self.dynamic_index, rows))
         if self.staging == "bytes":
             keep_alive = batch.tobytes()  # the bytes must outlive the pointer (spec §1.6)
             source = acl.util.bytes_to_ptr(keep_alive)
         else:
             keep_alive = batch
             source = acl.util.numpy_to_ptr(keep_alive)
-        size = self.input.size
-        check("acl.rt.memcpy", acl.rt.memcpy(self.input.device_ptr, size, source, size, self.copy_in_kind))
+        size = batch.nbytes
+        check("acl.rt.memcpy", acl.rt.memcpy(self.input.device_ptr, self.input.size, source, size,
+                                             self.copy_in_kind))
         copied_in = time.perf_counter()
         check("acl.mdl.execute", acl.mdl.execute(self._model_id, self._input_dataset, self._output_dataset))
         executed = time.perf_counter()
@@ -268,14 +317,24 @@ class ModelSession(object):
 
     def _read_output(self, tensor):
         acl = self.acl
-        check("acl.rt.memcpy", acl.rt.memcpy(tensor.host_ptr, tensor.size, tensor.device_ptr, tensor.size,
+        dims = self._current_dims(tensor)
+        size = _product(dims) * np.dtype(tensor.dtype).itemsize
+        check("acl.rt.memcpy", acl.rt.memcpy(tensor.host_ptr, tensor.size, tensor.device_ptr, size,
                                              self.copy_out_kind))
         if self.staging == "bytes":
-            flat = np.frombuffer(acl.util.ptr_to_bytes(tensor.host_ptr, tensor.size), dtype=tensor.dtype)
+            flat = np.frombuffer(acl.util.ptr_to_bytes(tensor.host_ptr, size), dtype=tensor.dtype)
         else:  # ptr_to_numpy gives a view onto host_ptr: copy before the next batch overwrites it
-            count = tensor.size // np.dtype(tensor.dtype).itemsize
+            count = size // np.dtype(tensor.dtype).itemsize
             flat = acl.util.ptr_to_numpy(tensor.host_ptr, (count,), C.NPY_TYPE[tensor.dtype]).copy()
-        return flat.reshape(tensor.dims)
+        return flat.reshape(dims)
+
+    def _current_dims(self, tensor):
+        """This execution's output dims: from get_cur_output_dims when the batch is dynamic, else the model's."""
+        if not self.profiles:
+            return tensor.dims
+        dims_info, ret = self.acl.mdl.get_cur_output_dims(self._desc, tensor.index)
+        check("acl.mdl.get_cur_output_dims", ret)
+        return _dims_list(dims_info)
 
     def close(self):
         """Release everything `open()` made, newest first (spec §3 step 11); returns warnings for failed releases."""

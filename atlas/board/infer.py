@@ -44,7 +44,8 @@ def parse_args(argv):
     parser.add_argument("--input", required=True, help=".npy of inputs: float32 NCHW, or uint8 NHWC with AIPP")
     parser.add_argument("--output", required=True, help=".npy to write: float32 outputs, one row per input")
     parser.add_argument("--batch", type=int, default=None,
-                        help="samples per execution; must equal the batch the .om was built with (default: that)")
+                        help="samples per execution: the batch the .om was built with, or one of its batch sizes "
+                             "when dynamic (default: that, or the largest)")
     parser.add_argument("--loop", type=int, default=1, help="run the whole input K times for steadier timing")
     parser.add_argument("--device", type=int, default=0, help="device id (the Atlas 200 DK has one: 0)")
     parser.add_argument("--timing", default=None, help="timing JSON to write (default: timing.json beside --output)")
@@ -102,8 +103,9 @@ def is_sim_acl(acl):
     return bool(getattr(acl, "__atlas_kd_sim__", False))
 
 
-def check_inputs_fit(inputs, path, model_input, batch):
-    """UsageError unless each sample of `inputs` has the shape and dtype model input 0 takes."""
+def check_inputs_fit(inputs, path, model_input, batch, profiles=()):
+    """UsageError unless each sample of `inputs` has the shape and dtype model input 0 takes, and `batch` is the
+    model's batch (or one of its profiles when the batch is dynamic)."""
     shapes = model_input.sample_shapes
     sample_shape = tuple(inputs.shape[1:])
     if sample_shape not in shapes or inputs.dtype != np.dtype(model_input.dtype):
@@ -111,7 +113,10 @@ def check_inputs_fit(inputs, path, model_input, batch):
                          "(model input dims %s)" % (path, _shape(sample_shape), inputs.dtype,
                                                      " or ".join(_shape(s) for s in shapes), model_input.dtype,
                                                      model_input.dims))
-    if batch is not None and batch != model_input.batch:
+    if batch is not None and profiles and batch not in profiles:
+        raise UsageError("--batch %d is not a batch size of the model (dynamic: %s); pass one of them"
+                         % (batch, ",".join(str(p) for p in profiles)))
+    if batch is not None and not profiles and batch != model_input.batch:
         raise UsageError("--batch %d does not match the model's batch %d (an .om has the batch it was built "
                          "with); pass --batch %d or rebuild the .om with batch %d"
                          % (batch, model_input.batch, model_input.batch, batch))
@@ -121,36 +126,46 @@ def _shape(shape):
     return "(" + ",".join(str(d) for d in shape) + ")"
 
 
-def run_passes(session, inputs, loop, progress):
-    """Run the inputs through the model `loop` times; returns (outputs of the first pass as float32, timings)."""
-    batch = session.input.batch
+def run_passes(session, inputs, loop, progress, batch=None):
+    """Run the inputs through the model `loop` times; returns (outputs of the first pass as float32, timings).
+
+    Full batches run at `batch` (default: the model's, the largest profile of a dynamic one); the last partial
+    batch runs at the smallest batch that holds it (a profile of a dynamic-batch .om), zero-padded."""
+    batch = batch or session.input.batch
     count = inputs.shape[0]
     executions = int(math.ceil(count / float(batch)))
     output = session.outputs[0]
     results = np.empty((count,) + tuple(output.dims[1:]), dtype=np.float32)
-    padded = np.zeros((batch,) + tuple(inputs.shape[1:]), dtype=inputs.dtype)
     copy_in_s, execute_s, copy_out_s = [], [], []
+    by_batch, padded_rows = {}, 0
     started = time.perf_counter()
     for loop_index in range(loop):
         for step in range(executions):
             first = step * batch
             last = min(first + batch, count)
-            if last - first == batch:
-                samples = np.ascontiguousarray(inputs[first:last])
-            else:  # the last partial batch: zero padding, trimmed from the outputs below
-                padded[:last - first] = inputs[first:last]
-                padded[last - first:] = 0
-                samples = padded
+            run_rows = batch if last - first == batch else session.profile_for(last - first)
+            samples = _padded(inputs[first:last], run_rows)
             model_outputs, seconds = session.run_batch(samples)
             copy_in_s.append(seconds[0])
             execute_s.append(seconds[1])
             copy_out_s.append(seconds[2])
+            by_batch[run_rows] = by_batch.get(run_rows, 0) + 1
+            padded_rows += run_rows - (last - first)
             if loop_index == 0:
                 results[first:last] = model_outputs[0][:last - first].astype(np.float32)
             progress(loop_index * executions + step + 1, loop * executions)
     total_s = time.perf_counter() - started
     return results, {"copy_in": copy_in_s, "execute": execute_s, "copy_out": copy_out_s, "total": total_s,
-                     "executions_per_pass": executions}
+                     "executions_per_pass": executions, "by_batch": by_batch, "padded_rows": padded_rows}
+
+
+def _padded(samples, rows):
+    """`samples` as a C-contiguous array of `rows` samples, zero padding after them (trimmed from the outputs)."""
+    if samples.shape[0] == rows:
+        return np.ascontiguousarray(samples)
+    padded = np.zeros((rows,) + tuple(samples.shape[1:]), dtype=samples.dtype)
+    padded[:samples.shape[0]] = samples
+    return padded
 
 
 def make_progress(out):
@@ -175,11 +190,16 @@ def timing_report(args, session, inputs, timings, acl_kind):
         "device": args.device,
         "model": args.model,
         "model_load_ms": round(session.load_ms, 3),
-        "batch": session.input.batch,
+        "batch": args.batch or session.input.batch,
+        "dynamic_batch": session.profiles or None,
         "loop": args.loop,
         "samples": int(inputs.shape[0]),
         "executions": len(timings["execute"]),
         "executions_per_pass": timings["executions_per_pass"],
+        # executions per batch size run (a dynamic .om runs its last partial batch at a smaller profile), and the
+        # zero rows added to fill them, over all loops
+        "executions_by_batch": dict((str(b), n) for b, n in sorted(timings["by_batch"].items())),
+        "padded_rows": timings["padded_rows"],
         # execute only: the copies are reported apart (msame/ais_bench report inference time the same way)
         "latency_ms": {
             "p50": round(float(np.percentile(execute_ms, 50)), 4),
@@ -233,10 +253,10 @@ def run(args):
     session = ModelSession(acl, args.model, args.device)
     try:
         session.open()
-        check_inputs_fit(inputs, args.input, session.input, args.batch)
+        check_inputs_fit(inputs, args.input, session.input, args.batch, session.profiles)
         if len(session.outputs) > 1:
             print("%s: the model has %d outputs; writing output 0" % (PROG, len(session.outputs)))
-        outputs, timings = run_passes(session, inputs, args.loop, make_progress(sys.stdout))
+        outputs, timings = run_passes(session, inputs, args.loop, make_progress(sys.stdout), args.batch)
     finally:
         for warning in session.close():
             sys.stderr.write("%s: warning: release failed: %s\n" % (PROG, warning))
