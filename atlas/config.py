@@ -24,12 +24,20 @@ from atlas.run_folder import CONFIG
 
 @dataclass
 class DataConfig:
-    dataset: str = "mnist-sample"  # mnist | mnist-sample | cifar10
-    dir: str = ""  # folder with the official files; empty: download into the cache (mnist-sample is embedded)
+    dataset: str = "mnist-sample"  # mnist | mnist-sample | cifar10 | imagefolder (your own images: train/<class>/*)
+    dir: str = ""  # folder with the official files (or the image folder); empty: download (mnist-sample is embedded)
     batch_size: int = 128
     augment: bool = False  # random crop + flip (CIFAR-10); turns off the teacher-logit cache
     train_limit: int = 0  # use only the first N training images (0: all); for smoke tests and quick looks
     test_limit: int = 0  # likewise for the test images
+    # imagefolder only (training/imagefolder.py): how images become model inputs
+    image_size: int = 32  # square side after resizing
+    channels: str = "rgb"  # rgb | gray
+    resize: str = "crop"  # crop: shorter side to image_size, then the centre | stretch: straight to the size
+    classes: list[str] = field(default_factory=list)  # label order; empty: the sorted class folder names
+    test_fraction: float = 0.1  # held out of train/ (stratified, seeded) when there is no test/ folder
+    mean: list[float] = field(default_factory=list)  # per channel, after /255; empty: computed from train
+    std: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -51,6 +59,8 @@ class DistillConfig:
     alpha: float = 0.9  # weight of the soft-target term; 1 - alpha goes to hard-label CE
     baseline: bool = True  # also train the student without KD under the same budget
     teacher_checkpoint: str = ""  # reuse this trained teacher (copied into the run) instead of training one
+    augment_views: int = 0  # with data.augment: K fixed augmented views, teacher logits cached for each (KD at
+    #                        plain-training cost); student and baseline see the same views. 0: teacher per batch
 
 
 @dataclass
@@ -244,8 +254,8 @@ def _coerce(tp: Any, value: Any, key: str, where: str) -> Any:
                 return [_coerce(item, v, key, where) for v in value]
             except UserError:
                 pass
-        raise UserError(f"{where}: '{key}' must be a list of {'strings' if item is str else 'integers'}, "
-                        f"got {value!r}")
+        kind = {str: "strings", int: "integers", float: "numbers"}[item]
+        raise UserError(f"{where}: '{key}' must be a list of {kind}, got {value!r}")
     raise AssertionError(f"unsupported config type {tp} for {key}")
 
 

@@ -81,10 +81,22 @@ class Run:
     def derived(self, kind: str) -> Run:
         return Run(self.path / kind)
 
-    def create(self) -> Run:
-        """Make the folder (and its parents) for a stage to write into; one line when it cannot be one."""
+    def check_writable(self) -> Run:
+        """Say in one line, before any work, when the folder cannot be written (a file in the way, read-only, no
+        permission); nothing is created yet."""
         if self.path.exists() and not self.path.is_dir():
             raise UserError(f"run folder {self.path} is a file, not a folder: pass --run with a folder path")
+        existing = self.path
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if existing.is_file():
+            raise UserError(f"run folder {self.path}: {existing} is a file, not a folder: pass --run with a folder path")
+        require_writable([existing], "the stage writes its artifacts there (or pass --run with another folder)")
+        return self
+
+    def create(self) -> Run:
+        """Make the folder (and its parents) for a stage to write into; one line when it cannot be one."""
+        self.check_writable()
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as e:

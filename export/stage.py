@@ -27,7 +27,7 @@ _UNUSABLE = lint.UNREADABLE_RULES | {"external-data-outside-folder", "external-d
 
 def export(cfg: Config, run: str | Path | rf.Run, *, log=print) -> rf.ExportRecord:
     from training import checkpoint
-    from training.data import dataset_info, load_dataset, normalize
+    from training.data import IMAGEFOLDER, dataset_info, image_rules, load_dataset, normalize
 
     run_dir = rf.as_run(run).path
     checkpoint_path, onnx_path = cfg.export.checkpoint or None, cfg.export.onnx or None
@@ -54,7 +54,8 @@ def export(cfg: Config, run: str | Path | rf.Run, *, log=print) -> rf.ExportReco
         problems = [f for f in lint.lint_file(onnx_path, board_memory_mib=cfg.deploy.memory_mib) if f.rule in _UNUSABLE]
         if problems:
             raise UserError(f"{onnx_path}: {problems[0].message}")
-        info = dataset_info(cfg.data.dataset)
+        info = (load_dataset(IMAGEFOLDER, cfg.data.dir or None, progress=False, rules=image_rules(cfg.data)).info
+                if cfg.data.dataset == IMAGEFOLDER else dataset_info(cfg.data.dataset))
         dataset_name, normalization = info.name, {"mean": list(info.mean), "std": list(info.std)}
         source = {"onnx": str(onnx_path)}
         rf.Run(run_dir).create()
@@ -85,7 +86,7 @@ def export(cfg: Config, run: str | Path | rf.Run, *, log=print) -> rf.ExportReco
         t = time.perf_counter()
         session = onnx_session(model_path)
         io_in, io_out = session.get_inputs()[0], session.get_outputs()[0]
-        data = load_dataset(dataset_name, cfg.data.dir or None, progress=False)
+        data = load_dataset(dataset_name, cfg.data.dir or None, progress=False, rules=image_rules(cfg.data))
         count = min(cfg.export.golden_count, len(data.test_labels))
         if count < 1:
             raise UserError(f"export.golden_count must be >= 1 (got {cfg.export.golden_count})")

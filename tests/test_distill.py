@@ -77,3 +77,30 @@ def test_fit_learns_and_reports_history():
     history = fit(model, _toy_split(), _toy_split(seed=1), cfg, batch_size=32, seed=0, progress=False, log=lambda s: None)
     assert [h["epoch"] for h in history] == [1, 2, 3]
     assert history[-1]["test_acc"] > 0.9 and all(math.isfinite(h["train_loss"]) for h in history)
+
+
+def test_augment_views_are_fixed_per_image_and_view_and_match_crop_flip():
+    from training.distill import AugmentViews, crop_flip
+
+    images = torch.arange(6 * 3 * 8 * 8, dtype=torch.float32).reshape(6, 3, 8, 8)
+    views = AugmentViews.make(6, 3, seed=0, pad=2)
+    idx = torch.tensor([4, 1])
+    again = AugmentViews.make(6, 3, seed=0, pad=2)
+    for view in range(3):
+        out = views.apply(images[idx], idx, view)
+        assert torch.equal(out, again.apply(images[idx], idx, view))  # the same view of the same image, always
+        expected = crop_flip(images[idx], views.oy[view, idx], views.ox[view, idx], views.flip[view, idx], 2)
+        assert torch.equal(out, expected)
+    assert not torch.equal(views.apply(images, torch.arange(6), 0), views.apply(images, torch.arange(6), 1))
+
+
+def test_teacher_logits_of_every_view_are_the_teacher_on_that_view():
+    from training.distill import AugmentViews
+
+    teacher = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 4))
+    images = torch.randn(10, 3, 8, 8)
+    views = AugmentViews.make(10, 2, seed=1)
+    logits = views.teacher_logits(teacher, images, batch_size=3)
+    assert logits.shape == (2, 10, 4)
+    with torch.no_grad():
+        assert torch.allclose(logits[1], teacher(views.apply(images, torch.arange(10), 1)), atol=1e-6)

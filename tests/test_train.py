@@ -235,3 +235,17 @@ def test_truncated_foreign_and_unsafe_teacher_checkpoints(tmp_path, trained):
     result, left = _bad(tmp_path, "--config", str(run / "config.json"), "--teacher", str(unsafe))
     assert_one_line_error(result, 2, "refusing to unpickle")
     assert not left
+
+
+def test_augment_views_cache_the_teacher_per_view_for_student_and_baseline(tmp_path):
+    from atlas.config import load_config
+    from training.train import train
+
+    cfg = load_config(None, {"data.train_limit": "256", "data.test_limit": "100", "data.augment": "true",
+                             "distill.augment_views": "2", "teacher.model": "mlp50", "teacher.epochs": "1",
+                             "student.model": "mlp50", "student.epochs": "2"})
+    summary = train(cfg, tmp_path / "run", progress=False, log=lambda s: None)
+    kd = summary["student"]["kd"]
+    assert kd["augment_views"] == 2 and kd["teacher_logits_cached"] is True
+    with pytest.raises(Exception, match="augment_views must be >= 0"):
+        train(load_config(None, {"distill.augment_views": "-1"}), tmp_path / "bad", progress=False)

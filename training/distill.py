@@ -39,8 +39,9 @@ class Split:
 class KDSetup:
     temperature: float
     alpha: float
-    cached_logits: torch.Tensor | None = None  # teacher logits for every training image (augmentation off)
+    cached_logits: torch.Tensor | None = None  # teacher logits per training image ([K, N, C] with views)
     teacher: nn.Module | None = None  # run per batch when the pixels change every epoch (augmentation on)
+    views: AugmentViews | None = None  # augmentation on with K cached views (distill.augment_views)
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
@@ -72,16 +73,63 @@ def at_chance_level(acc: float, num_classes: int) -> bool:
 
 def random_crop_flip(images: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
     """CIFAR augmentation on a whole batch at once: random shifts of up to `pad` pixels and horizontal flips."""
+    oy, ox, flip = _crop_flip_draw(len(images), generator, pad)
+    return crop_flip(images, oy, ox, flip, pad)
+
+
+def _crop_flip_draw(n: int, generator: torch.Generator, pad: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    oy = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+    ox = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+    flip = torch.rand(n, generator=generator) < 0.5
+    return oy, ox, flip
+
+
+def crop_flip(images: torch.Tensor, oy: torch.Tensor, ox: torch.Tensor, flip: torch.Tensor, pad: int = 4) -> torch.Tensor:
+    """Shift each image by (oy - pad, ox - pad) pixels in a zero-padded frame and flip those `flip` marks."""
     b, _, h, w = images.shape
     padded = F.pad(images, (pad, pad, pad, pad))
-    oy = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
-    ox = torch.randint(0, 2 * pad + 1, (b,), generator=generator)
     rows = (oy[:, None] + torch.arange(h))[:, :, None]  # b, h, 1
     cols = (ox[:, None] + torch.arange(w))[:, None, :]  # b, 1, w
-    flip = torch.rand(b, generator=generator) < 0.5
     cols = torch.where(flip[:, None, None], cols.flip(-1), cols)
     out = padded[torch.arange(b)[:, None, None], :, rows.to(images.device), cols.to(images.device)]  # b, h, w, c
     return out.permute(0, 3, 1, 2).contiguous()
+
+
+@dataclass
+class AugmentViews:
+    """K fixed crop-and-flip views of every training image, so the teacher's logits can be cached for each view:
+    KD with augmentation then costs what plain training costs, plus K teacher passes in all (instead of one per
+    batch). Epoch e shows every image in view e mod K."""
+
+    oy: torch.Tensor  # [K, N]
+    ox: torch.Tensor
+    flip: torch.Tensor
+    pad: int = 4
+
+    @classmethod
+    def make(cls, n: int, k: int, seed: int, pad: int = 4) -> AugmentViews:
+        generator = torch.Generator().manual_seed(seed)
+        draws = [_crop_flip_draw(n, generator, pad) for _ in range(k)]
+        return cls(*(torch.stack(parts) for parts in zip(*draws)), pad=pad)
+
+    @property
+    def count(self) -> int:
+        return len(self.oy)
+
+    def apply(self, images: torch.Tensor, idx: torch.Tensor, view: int) -> torch.Tensor:
+        idx = idx.cpu()
+        return crop_flip(images, self.oy[view, idx], self.ox[view, idx], self.flip[view, idx], self.pad)
+
+    def teacher_logits(self, teacher: nn.Module, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+        """[K, N, classes]: the teacher on every image in every view."""
+        views = []
+        for view in range(self.count):
+            chunks = []
+            for start in range(0, len(images), batch_size):
+                idx = torch.arange(start, min(start + batch_size, len(images)))
+                chunks.append(predict(teacher, self.apply(images[idx.to(images.device)], idx, view)))
+            views.append(torch.cat(chunks))
+        return torch.stack(views)
 
 
 OPTIMIZERS = ("sgd", "pmw", "adam", "adamw")
@@ -125,7 +173,8 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, steps_per_epoch: int,
 
 
 def fit(model: nn.Module, train: Split, test: Split, cfg: TrainConfig, *, batch_size: int, seed: int,
-        kd: KDSetup | None = None, augment: bool = False, state_path: Path | None = None, resume: bool = False,
+        kd: KDSetup | None = None, augment: bool = False, views: AugmentViews | None = None,
+        state_path: Path | None = None, resume: bool = False,
         desc: str = "train", progress: bool = True, log: Callable[[str], None] = print,
         extra_loss: Callable[[nn.Module], torch.Tensor] | None = None,
         after_step: Callable[[nn.Module], None] | None = None,
@@ -134,7 +183,8 @@ def fit(model: nn.Module, train: Split, test: Split, cfg: TrainConfig, *, batch_
 
     `extra_loss(model)` is added to every step's loss (the slimming L1 penalty); `after_step(model)` runs after
     every optimizer step (pruning masks keep pruned weights at zero); `optimizer` replaces the one cfg names
-    (the learning-rate schedule still comes from cfg); `pmw_strength` is PMW-SGD's when cfg names "pmw".
+    (the learning-rate schedule still comes from cfg); `pmw_strength` is PMW-SGD's when cfg names "pmw";
+    `views` (with `augment`) replaces random augmentation by K fixed views, the ones `kd`'s cached logits are of.
     """
     n = len(train.labels)
     steps = (n + batch_size - 1) // batch_size
@@ -164,14 +214,17 @@ def fit(model: nn.Module, train: Split, test: Split, cfg: TrainConfig, *, batch_
         for i in bar:
             idx = perm[i * batch_size:(i + 1) * batch_size]
             x, y = train.images[idx], train.labels[idx]
-            if augment:
+            view = epoch % views.count if augment and views is not None else None
+            if view is not None:
+                x = views.apply(x, idx, view)
+            elif augment:
                 x = random_crop_flip(x, generator)
             logits = model(x)
             if kd is None:
                 loss = F.cross_entropy(logits, y)
             else:
                 if kd.cached_logits is not None:
-                    t_logits = kd.cached_logits[idx]
+                    t_logits = kd.cached_logits[view][idx] if view is not None else kd.cached_logits[idx]
                 else:
                     with torch.no_grad():
                         t_logits = teacher(x)

@@ -26,7 +26,7 @@ from atlas.errors import UserError
 from atlas.fileio import atomic_dir, write_json
 from training import channel_blocks, checkpoint
 from training.channel_blocks import C0, block_summary, describe
-from training.data import load_dataset
+from training.data import load_data
 from training.distill import KDSetup, accuracy, at_chance_level, fit, predict, resolve_device, to_splits
 from training.latency import onnx_latency_ms, round_ratios
 from training.models import count_parameters
@@ -77,8 +77,7 @@ def prune(cfg: Config, run: str | Path | rf.Run, out_dir: str | Path | None = No
                         "or prune without fine-tuning (--epochs 0)")
     teacher = _read_teacher(teacher_path, payload) if teacher_path.exists() else None
 
-    data = load_dataset(payload["dataset"], cfg.data.dir or None, progress=False).limited(
-        cfg.data.train_limit, cfg.data.test_limit)
+    data = load_data(cfg.data, name=payload["dataset"], progress=False)
     train_split, test_split = to_splits(data, device)
     student, pruned = student.to(device), pruned.to(device)  # the surgery ran on the CPU
     fc_masks = _fc_masks(pruned, fc_sparsity, fc_scope)

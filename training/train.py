@@ -18,9 +18,9 @@ from atlas.config import Config
 from atlas.errors import UserError
 from atlas.fileio import read_json, write_json
 from training import checkpoint
-from training.data import Dataset, load_dataset
-from training.distill import (OPTIMIZERS, KDSetup, Split, accuracy, at_chance_level, fit, predict, resolve_device,
-                              to_splits)
+from training.data import Dataset, load_data
+from training.distill import (OPTIMIZERS, AugmentViews, KDSetup, Split, accuracy, at_chance_level, fit, predict,
+                              resolve_device, to_splits)
 from training.models import build_model, count_parameters, make_arch
 from training.slimming import bn_l1_penalty
 
@@ -41,11 +41,14 @@ def _check_config(cfg: Config) -> None:
         raise UserError(f"distill.alpha must be in [0, 1] (got {cfg.distill.alpha})")
     if cfg.distill.temperature <= 0:
         raise UserError(f"distill.temperature must be > 0 (got {cfg.distill.temperature})")
+    if cfg.distill.augment_views < 0:
+        raise UserError(f"distill.augment_views must be >= 0 (got {cfg.distill.augment_views})")
     if cfg.data.batch_size < 1:
         raise UserError(f"data.batch_size must be >= 1 (got {cfg.data.batch_size})")
 
 
 def _prepare_run_dir(cfg: Config, run_dir: Path, resume: bool) -> None:
+    rf.Run(run_dir).create()
     config_path = run_dir / rf.CONFIG
     if resume and config_path.exists():
         saved = read_json(config_path)
@@ -76,11 +79,10 @@ def train(cfg: Config, run: str | Path | rf.Run, *, resume: bool = False, progre
     run_dir = rf.as_run(run).path
     teacher_path = cfg.distill.teacher_checkpoint or None
     _check_config(cfg)
-    rf.Run(run_dir).create()  # a file in the way or a read-only folder: one line before any work
+    rf.Run(run_dir).check_writable()  # a file in the way or a read-only folder: one line before any work
     device = resolve_device(cfg.device)
     started = time.perf_counter()
-    data = load_dataset(cfg.data.dataset, cfg.data.dir or None, progress=progress).limited(
-        cfg.data.train_limit, cfg.data.test_limit)
+    data = load_data(cfg.data, progress=progress)
     _prepare_run_dir(cfg, run_dir, resume)
     train_split, test_split = to_splits(data, device)
     dataset = data.info.to_dict()
@@ -88,7 +90,7 @@ def train(cfg: Config, run: str | Path | rf.Run, *, resume: bool = False, progre
     results: dict[str, dict] = {}
     models: dict[str, torch.nn.Module] = {}
 
-    def run_phase(role: str, spec, kd: KDSetup | None, seed_offset: int) -> None:
+    def run_phase(role: str, spec, kd: KDSetup | None, seed_offset: int, views: AugmentViews | None = None) -> None:
         final = run_dir / rf.CHECKPOINTS[role]
         arch = make_arch(spec.model, data.info.input_shape, data.info.num_classes)
         if resume and final.exists():
@@ -102,7 +104,7 @@ def train(cfg: Config, run: str | Path | rf.Run, *, resume: bool = False, progre
         # the baseline) for channel pruning later; the teacher is never slimmed.
         slim = bn_l1_penalty(cfg.compress.slim) if cfg.compress.slim and role != "teacher" else None
         history = fit(model, train_split, test_split, spec, batch_size=cfg.data.batch_size,
-                      seed=cfg.seed + 1000 + seed_offset, kd=kd, augment=cfg.data.augment,
+                      seed=cfg.seed + 1000 + seed_offset, kd=kd, augment=cfg.data.augment, views=views,
                       state_path=run_dir / rf.TRAIN_STATE / f"{role}.pt", resume=resume, desc=role, progress=progress,
                       log=log, extra_loss=slim, pmw_strength=cfg.compress.pmw_strength)
         metrics = _phase_metrics(spec.model, model, history, test_split)
@@ -112,7 +114,8 @@ def train(cfg: Config, run: str | Path | rf.Run, *, resume: bool = False, progre
             metrics["pmw_strength"] = cfg.compress.pmw_strength
         if kd is not None:
             metrics["kd"] = {"temperature": kd.temperature, "alpha": kd.alpha,
-                             "teacher_logits_cached": kd.cached_logits is not None}
+                             "teacher_logits_cached": kd.cached_logits is not None,
+                             "augment_views": views.count if views is not None else None}
         checkpoint.save(final, checkpoint.model_payload(model, arch, role, dataset, config, metrics))
         (run_dir / rf.TRAIN_STATE / f"{role}.pt").unlink(missing_ok=True)
         models[role], results[role] = model, metrics
@@ -133,12 +136,17 @@ def train(cfg: Config, run: str | Path | rf.Run, *, resume: bool = False, progre
         run_phase("teacher", cfg.teacher, None, seed_offset=0)
 
     teacher = models["teacher"].eval()
-    cached = None if cfg.data.augment else predict(teacher, train_split.images)
+    views = None
+    if cfg.data.augment and cfg.distill.augment_views:  # the same fixed views for the student and its baseline
+        views = AugmentViews.make(len(train_split.labels), cfg.distill.augment_views, seed=cfg.seed + 3000)
+        cached = views.teacher_logits(teacher, train_split.images)
+    else:
+        cached = None if cfg.data.augment else predict(teacher, train_split.images)
     kd = KDSetup(cfg.distill.temperature, cfg.distill.alpha, cached_logits=cached,
-                 teacher=teacher if cfg.data.augment else None)
-    run_phase("student", cfg.student, kd, seed_offset=1)
+                 teacher=teacher if cfg.data.augment and views is None else None, views=views)
+    run_phase("student", cfg.student, kd, seed_offset=1, views=views)
     if cfg.distill.baseline:
-        run_phase("baseline", cfg.student, None, seed_offset=1)
+        run_phase("baseline", cfg.student, None, seed_offset=1, views=views)
 
     summary = rf.TrainRecord(_summary(cfg, data, results, device, time.perf_counter() - started))
     summary.write(run_dir)
