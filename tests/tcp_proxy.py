@@ -5,21 +5,35 @@
 
 A cut resets both sides (SO_LINGER 0: an RST, like a dropped link). `on_cut(index)` runs right after a cut
 while new connections wait, so a test can look at the server's state before the client reconnects.
+
+`rate_bytes_s` caps each direction of each connection at that many bytes per second (a slow link: the proxy
+stops reading a side until its budget allows, so TCP flow control holds the sender back). For a benchmark, run
+it in its own process, so the measured client's threads do not share its interpreter:
+
+    python tests/tcp_proxy.py TARGET_PORT --rate-mb-s 10     # prints "port N", serves until stdin closes
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
-import selectors
+import select
 import socket
 import struct
+import sys
 import threading
+import time
 from typing import Callable
+
+_RATE_SLACK_S = 0.02  # a capped side idle longer than this gets no credit for the idle time
 
 
 class TcpProxy:
     def __init__(self, target_port: int, target_host: str = "127.0.0.1", *, cut_after: list[int | None] = (),
-                 on_cut: Callable[[int], None] | None = None):
+                 on_cut: Callable[[int], None] | None = None, rate_bytes_s: float | None = None):
+        if rate_bytes_s is not None and rate_bytes_s <= 0:
+            raise ValueError(f"rate_bytes_s must be positive, got {rate_bytes_s}")
         self.target = (target_host, target_port)
+        self.rate_bytes_s = rate_bytes_s
         self.cut_after = list(cut_after)  # connection i is cut after cut_after[i] client->server bytes
         self.on_cut = on_cut
         self.connections = 0
@@ -75,16 +89,18 @@ class TcpProxy:
     def _pump(self, index: int, client: socket.socket, server: socket.socket, limit: int | None) -> None:
         self._live[index] = (client, server)
         sent_up = 0
-        selector = selectors.DefaultSelector()
-        selector.register(client, selectors.EVENT_READ, server)
-        selector.register(server, selectors.EVENT_READ, client)
+        sink_of = {client: server, server: client}
+        ready_at = {client: 0.0, server: 0.0}  # with a rate cap: when each side may be read again
         try:
             while not self._stop.is_set():
                 if index in self._doomed:
                     self._cut(index, client, server)
                     return
-                for key, _ in selector.select(timeout=0.05):
-                    source, sink = key.fileobj, key.data
+                now = time.monotonic()
+                readable = [sock for sock in (client, server) if ready_at[sock] <= now]
+                wait = min([0.05] + [ready_at[sock] - now for sock in (client, server) if ready_at[sock] > now])
+                for source in select.select(readable, [], [], wait)[0]:
+                    sink = sink_of[source]
                     data = source.recv(65536)
                     if not data:
                         return
@@ -99,10 +115,12 @@ class TcpProxy:
                     else:
                         self.bytes_down += len(data)
                     sink.sendall(data)
+                    if self.rate_bytes_s is not None:  # on schedule, making up for select() sleeping late
+                        on_time = max(ready_at[source], time.monotonic() - _RATE_SLACK_S)
+                        ready_at[source] = on_time + len(data) / self.rate_bytes_s
         except OSError:
             return
         finally:
-            selector.close()
             self._reset(client, server)
             self._live.pop(index, None)
 
@@ -120,3 +138,20 @@ class TcpProxy:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             with contextlib.suppress(OSError):
                 sock.close()
+
+
+def main() -> int:
+    """A proxy in its own process: prints "port N" once listening, serves until stdin closes."""
+    parser = argparse.ArgumentParser(description="loopback TCP proxy with an optional rate cap")
+    parser.add_argument("target_port", type=int)
+    parser.add_argument("--rate-mb-s", type=float, help="cap each direction at this many MB (10^6 bytes) per s")
+    args = parser.parse_args()
+    rate = None if args.rate_mb_s is None else args.rate_mb_s * 1e6
+    with TcpProxy(args.target_port, rate_bytes_s=rate) as proxy:
+        print(f"port {proxy.port}", flush=True)
+        sys.stdin.read()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
