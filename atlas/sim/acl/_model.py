@@ -69,6 +69,7 @@ class LoadedModel:
         except sim_om.SimOmError as e:
             raise Fail(C.ACL_ERROR_PARSE_MODEL, str(e)) from None
         meta = container.meta
+        self.meta = meta
         try:
             self.inputs = [TensorSpec(e, f"inputs[{i}]") for i, e in enumerate(meta["inputs"])]
             self.onnx_inputs = [TensorSpec(e, f"onnx_inputs[{i}]")

@@ -11,6 +11,8 @@ Environment knobs (read when the emulator is imported and on `_sim.reset()`):
   (e.g. 507011) on its nth call, or on every call without nth, to rehearse how an app handles a failing call.
 - ATLAS_KD_SIM_ACL_STATS=path: write the counters as JSON there at acl.finalize and at process exit.
 - ATLAS_KD_SIM_ACL_VERBOSE=1: print every error code the emulator returns, with its reason, to stderr.
+- ATLAS_KD_SIM_ACL_RECORD=folder: save each execution's inputs and outputs there (NNNN.npz, with the .om metadata),
+  so a rehearsal of someone else's app can be checked against onnxruntime afterwards (scripts/sample_models.py).
 - ATLAS_KD_SIM_ACL_OLD_UTIL=1 (read at import only, by util.py): acl.util without bytes_to_ptr/ptr_to_bytes, as in
   older CANN, to rehearse an app's fallback to numpy_to_ptr/ptr_to_numpy.
 """
@@ -102,6 +104,7 @@ class State:
         self.run_mode = _parse_run_mode(os.environ.get("ATLAS_KD_SIM_ACL_RUN_MODE", ""))
         self.failures = _parse_failures(os.environ.get("ATLAS_KD_SIM_ACL_FAIL", ""))
         self.verbose = os.environ.get("ATLAS_KD_SIM_ACL_VERBOSE", "") not in ("", "0")
+        self.record_dir = os.environ.get("ATLAS_KD_SIM_ACL_RECORD") or None
         self.thread = threading.local()
         self.clear_resources()
         self.counters = {

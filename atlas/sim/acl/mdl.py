@@ -398,6 +398,25 @@ def _run(model: LoadedModel, inputs: list, outputs: list) -> None:
         # a smaller profile fills the start of the largest-profile buffer; the rest is left as it was
         ctypes.memmove(buffer.ptr, result, min(len(result), buffer.size))
     STATE.counters["executes"] += 1
+    if STATE.record_dir:
+        _record(model, profile, feeds, results)
+
+
+def _record(model: LoadedModel, profile, feeds: list[bytes], results: list[bytes]) -> None:
+    """ATLAS_KD_SIM_ACL_RECORD: this execution's board-side inputs and outputs, with the .om metadata."""
+    import json
+    import os
+
+    import numpy as np
+
+    arrays = {f"input{i}": np.frombuffer(raw, spec.dtype).reshape(spec.dims_at(profile))
+              for i, (raw, spec) in enumerate(zip(feeds, model.data_inputs))}
+    arrays.update({f"output{i}": np.frombuffer(raw, spec.dtype).reshape(spec.dims_at(profile))
+                   for i, (raw, spec) in enumerate(zip(results, model.outputs))})
+    os.makedirs(STATE.record_dir, exist_ok=True)
+    path = os.path.join(STATE.record_dir, f"{STATE.counters['executes']:05d}-{os.getpid()}.npz")
+    np.savez(path, meta=np.array(json.dumps(model.meta)), profile=np.array(-1 if profile is None else profile),
+             **arrays)
 
 
 def _read(buffer, needed: int) -> bytes:
