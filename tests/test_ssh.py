@@ -1,6 +1,7 @@
 """atlas/ssh.py against a real OpenSSH sshd (the sim board): quoting, atomic uploads, host keys, auth, faults."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shlex
@@ -11,6 +12,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -505,6 +507,30 @@ def test_no_command_line_option_takes_a_password():
 
 # --- a flaky network ------------------------------------------------------------------------------------
 
+@contextlib.contextmanager
+def watching(folder: Path, name: str) -> Iterator[tuple[set[str], list[int]]]:
+    """Looks at `folder` directly, as often as possible, until the block ends: every name seen there, and the
+    size of `name` each time it was there."""
+    seen_names, seen_sizes = set(), []
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            for entry in os.listdir(folder):
+                seen_names.add(entry)
+                if entry == name:
+                    with contextlib.suppress(FileNotFoundError):
+                        seen_sizes.append((folder / name).stat().st_size)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        yield seen_names, seen_sizes
+    finally:
+        done.set()
+        watcher.join()
+
+
 def test_put_survives_three_cuts_mid_upload_and_never_exposes_a_partial_file(board, remote_dir, tmp_path):
     payload = os.urandom(3 << 20)
     local = tmp_path / "model.om"
@@ -512,29 +538,16 @@ def test_put_survives_three_cuts_mid_upload_and_never_exposes_a_partial_file(boa
     remote_dir.mkdir()
     real = remote_dir / "model.om"
     at_cuts = []  # what the board held right after each cut (new connections wait meanwhile)
-    seen_sizes, seen_names = [], set()
-    done = threading.Event()
-
-    def watch() -> None:  # the board's folder, looked at directly, as often as possible
-        while not done.is_set():
-            for name in os.listdir(remote_dir):
-                seen_names.add(name)
-                if name == "model.om":
-                    seen_sizes.append(real.stat().st_size)
 
     def on_cut(index: int) -> None:
         at_cuts.append(sorted(os.listdir(remote_dir)))
 
-    watcher = threading.Thread(target=watch, daemon=True)
     messages = []
     with TcpProxy(board.port, cut_after=[1_000_000] * 3, on_cut=on_cut) as proxy:
         known_hosts = write_known_hosts(board, tmp_path / "known_hosts", proxy.port)
         with session(board, port=proxy.port, known_hosts=known_hosts, retries=4, backoff_s=0.01,
-                     log=messages.append) as s:
-            watcher.start()
+                     log=messages.append) as s, watching(remote_dir, "model.om") as (seen_names, seen_sizes):
             result = s.put(local, str(real), progress=False)
-            done.set()
-            watcher.join()
         assert (proxy.connections, proxy.cuts) == (4, 3)
     assert result.sent and result.retries == 3 and s.retry_count == 3
     assert result.bytes_sent > len(payload) + 3 * 500_000  # three partial attempts, then the whole file
@@ -603,15 +616,20 @@ def test_free_bytes_on_a_tmpfs_of_known_size(board, small_tmpfs, tmp_path):
         assert s.free_bytes(str(small_tmpfs)) == 3 << 20
 
 
-def test_upload_larger_than_the_free_space_is_a_clear_line_and_leaves_nothing(board, small_tmpfs, tmp_path):
+@pytest.mark.parametrize("mib", [5, 20])  # 5: found by the size check after the writes; 20: sshd's "Failure"
+def test_upload_larger_than_the_free_space_is_a_clear_line_and_leaves_nothing(board, small_tmpfs, tmp_path, mib):
     local = tmp_path / "model.om"
-    local.write_bytes(os.urandom(5 << 20))
-    with session(board) as s:
+    local.write_bytes(os.urandom(mib << 20))
+    with session(board) as s, watching(small_tmpfs, "model.om") as (seen_names, _):
         with pytest.raises(RemoteFileError) as e:
             s.put(local, str(small_tmpfs / "model.om"), progress=False)
-    assert "not enough space for model.om" in str(e.value) and "needs 5.0 MiB" in str(e.value)
+    assert "not enough space for model.om" in str(e.value) and f"needs {mib}.0 MiB" in str(e.value)
+    assert str(e.value).startswith(f"board {s.display}: the board's disk is full: ")
+    assert f"in {small_tmpfs}: " in str(e.value)  # the folder
+    assert str(e.value).endswith(", 4.0 MiB free")  # measured after the partial temp file was removed
     assert e.value.exit_code == 2 and s.retry_count == 0
-    assert os.listdir(small_tmpfs) == []
+    assert any(n.startswith(".model.om.") and n.endswith(".part") for n in seen_names)  # there was a temp file
+    assert os.listdir(small_tmpfs) == []  # and it was removed
 
 
 # --- ProxyJump ------------------------------------------------------------------------------------------

@@ -162,13 +162,14 @@ class RemoteFiles:
         upload.temp = None
 
     def _upload_error(self, local: Path, remote: str, error: Exception, size: int) -> RemoteFileError:
-        # The SFTP server reports a full disk as a bare "Failure": look at the free space to say so.
+        """The one line for a failed upload (its temp file already removed). The SFTP server reports a full
+        disk as a bare "Failure": the free space, looked at afterwards, tells that case apart."""
         directory = posixpath.dirname(remote)
         with contextlib.suppress(Exception):
             free = self.free_bytes_once(directory)
             if free < size:
-                return RemoteFileError(f"board {self.display}: not enough space for {local.name} in {directory}: "
-                                       f"needs {_mib(size)}, {_mib(free)} free")
+                return RemoteFileError(f"board {self.display}: the board's disk is full: not enough space for "
+                                       f"{local.name} in {directory}: needs {_mib(size)}, {_mib(free)} free")
         return RemoteFileError(f"board {self.display}: cannot upload {local.name} to {remote}: {describe(error)}")
 
     def download_once(self, remote: str, local: str | Path) -> None:
