@@ -84,6 +84,12 @@ SAMPLES = [
     Sample("vessel_segmentation", "contrib/vessel_segmentation", "model/vessel.om", "conv_map:data:3x512x512:1x512x512",
            ("--input_format=NCHW", "--input_fp16_nodes=data", "--output_type=FP32"), ("src/main.py",), "data",
            ("cv2",)),
+    Sample("image_HDR_enhance", "contrib/image_HDR_enhance", "model/image_HDR_enhance.om",
+           "image_to_image:input:512x512x3", ("--input_format=ND", "--output_type=FP32"), ("src/main.py",), "data",
+           ("cv2",)),
+    Sample("inceptionv2_picture", "contrib/inceptionv2_picture", "model/frozen_graph-inception-resnet-test1.om",
+           "classifier:input:299x299x3:6::nhwc", ("--input_format=ND",), ("src/classify.py", "../data"), "data",
+           ("cv2",)),
     Sample("bert_text_classification", "level2_simple_inference/5_nlp/bert_text_classification",
            "model/bert_text_classification.om", "two_vectors:input_1,input_2:300:5",
            ("--input_format=ND",), ("src/bert_text_classification.py",),
@@ -100,12 +106,17 @@ def _weights(rng, *shape):
 
 
 def classifier(spec: str) -> onnx.ModelProto:
-    """`classifier:NAME:CxHxW:CLASSES:SOFTMAX_NODE`: Conv -> Relu -> GlobalAveragePool -> Gemm (-> Softmax named
-    SOFTMAX_NODE): any H and W give CLASSES scores, like a ResNet head."""
-    _, name, chw, classes, softmax = spec.split(":")
-    c, h, w = [int(d) if d.isdigit() else d for d in chw.split("x")]
+    """`classifier:NAME:CxHxW:CLASSES:SOFTMAX_NODE[:nhwc]`: Conv -> Relu -> GlobalAveragePool -> Gemm (-> Softmax
+    named SOFTMAX_NODE): any H and W give CLASSES scores, like a ResNet head; `nhwc` takes an HxWxC input (a
+    TensorFlow model's layout)."""
+    _, name, dims, classes, softmax, *layout = spec.split(":") + [""]
+    sizes = [int(d) if d.isdigit() else d for d in dims.split("x")]
+    nhwc = layout[0] == "nhwc"
+    c, h, w = (sizes[2], sizes[0], sizes[1]) if nhwc else sizes
     rng = np.random.default_rng(0)
-    nodes = [helper.make_node("Conv", [name, "cw", "cb"], ["conv"], name="conv", kernel_shape=[3, 3],
+    first = "nchw" if nhwc else name
+    nodes = [helper.make_node("Transpose", [name], ["nchw"], name="to_nchw", perm=[0, 3, 1, 2])] if nhwc else []
+    nodes += [helper.make_node("Conv", [first, "cw", "cb"], ["conv"], name="conv", kernel_shape=[3, 3],
                               pads=[1, 1, 1, 1], strides=[2, 2]),
              helper.make_node("Relu", ["conv"], ["relu"], name="relu"),
              helper.make_node("GlobalAveragePool", ["relu"], ["pool"], name="pool"),
@@ -116,7 +127,7 @@ def classifier(spec: str) -> onnx.ModelProto:
     inits = [numpy_helper.from_array(_weights(rng, 16, c, 3, 3), "cw"), numpy_helper.from_array(
         np.zeros(16, np.float32), "cb"), numpy_helper.from_array(_weights(rng, int(classes), 16) * 4, "fw"),
         numpy_helper.from_array(np.zeros(int(classes), np.float32), "fb")]
-    return _model(nodes, [(name, [1, c, h, w])], [("logits", [1, int(classes)])], inits)
+    return _model(nodes, [(name, [1, h, w, c] if nhwc else [1, c, h, w])], [("logits", [1, int(classes)])], inits)
 
 
 def image_to_image(spec: str) -> onnx.ModelProto:
