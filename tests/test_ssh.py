@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import shlex
@@ -21,6 +22,7 @@ from atlas.ssh import (PASSWORD_ENV, AuthenticationError, BoardAddress, BoardCon
                        BoardUnreachableError, ChangedHostKeyError, HostResolveError, RemoteCommandError,
                        RemoteFileError, RemoteTimeoutError, UnknownHostKeyError, open_board, parse_board_spec,
                        remote_command, resolve_board)
+from atlas.ssh import transfer
 from sshd_util import accepted_logins, openssh_fingerprint, running_board, session, write_known_hosts
 from tcp_proxy import TcpProxy
 
@@ -324,10 +326,26 @@ def test_sha256_on_the_board_with_sha256sum_and_with_the_python3_fallback(board,
     expected = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
     with session(board) as s:
         assert s.sha256(str(name)) == expected
-        assert s._hash_tool == "sha256sum"
-        s._hash_tool = "python3"  # what a board without coreutils' sha256sum gets
+        s._files.missing_tools.add("sha256sum")  # what a board without coreutils' sha256sum gets
         assert s.sha256(str(name)) == expected
         assert s.sha256(str(remote_dir / "missing")) is None
+
+
+def test_large_files_are_hashed_with_python3_first_and_a_missing_tool_is_skipped(board, remote_dir, monkeypatch):
+    remote_dir.mkdir()
+    small, large = remote_dir / "small", remote_dir / "large"
+    small.write_bytes(b"abc")
+    large.write_bytes(b"abc" * 1000)
+    monkeypatch.setattr(transfer, "FAST_HASH_MIN_BYTES", 1000)
+    monkeypatch.setitem(transfer._HASH_ARGV, "sha256sum", ["no-such-sha256sum"])  # exits 127, as if not installed
+    with session(board) as s:
+        assert s.sha256(str(large)) == hashlib.sha256(b"abc" * 1000).hexdigest()
+        assert s._files.missing_tools == set()  # python3 came first: sha256sum was never tried
+        assert s.sha256(str(small)) == hashlib.sha256(b"abc").hexdigest()
+        assert s._files.missing_tools == {"sha256sum"}  # tried first for a small file, then python3
+        monkeypatch.setitem(transfer._HASH_ARGV, "python3", ["no-such-python3"])
+        with pytest.raises(RemoteFileError, match="neither sha256sum nor python3 is installed"):
+            s.sha256(str(large))
 
 
 # --- host keys ------------------------------------------------------------------------------------------
