@@ -45,8 +45,13 @@ RULES: dict[str, Rule] = {
     "opset-needs-newer-cann": Rule(WARNING, "spec §1: 5.x doc says v11 only; later CANN accepts 12-13; §10 q1"),
     "domain-unsupported": Rule(ERROR, "spec §5 model-level: other domains have no plugins [INFER]", "E19010"),
     # operators (spec §5 table)
-    "op-unsupported": Rule(ERROR, "spec §5: known not to convert (LayerNormalization [COMM], HardSwish < opset 14)", "E19010"),
-    "op-not-in-table": Rule(ERROR, "spec §5 table; the spec is silent on this op", "E19010"),
+    "op-unsupported": Rule(ERROR, "spec atc-onnx-ops.md: no ATC parser at any opset, or none at the model's "
+                                  "opset (atlas/atc_ops.py)", "E19010"),
+    "op-not-in-table": Rule(WARNING, "spec atc-onnx-ops.md is silent on this op: ATC decides"),
+    "op-attribute-refused": Rule(ERROR, "spec atc-onnx-ops.md 'Rejected at parse time': an attribute value the "
+                                        "op's parser refuses", "E14001"),
+    "op-semantics-changed": Rule(WARNING, "spec atc-onnx-ops.md 'Parsed but silently changed': ATC computes "
+                                          "something else than ONNX says (accuracy risk)"),
     "attribute-invalid": Rule(ERROR, "spec §4 E14001 invalid argument for an op", "E14001"),
     "conv-auto-pad": Rule(ERROR, "spec §5 Conv: 5.0.4 allows only NOTSET/VALID", "E14001"),
     "conv-attribute-range": Rule(ERROR, "spec §5 Conv: dilations 1-255, pads 0-255, strides 1-63, kernel 1-255", "E14001"),
@@ -111,22 +116,7 @@ DEFAULT_MAX_BOARD_BYTES = 1 << 30
 BOARD_MEMORY_MIB = 8192
 LARGE_TENSOR_BYTES = 1 << 30
 
-# spec §5 table: ATC ONNX plugins for Ascend 310, with the opsets the 2022 plugins (PLG) register. Every op here
-# is fine at opset 11. Anything not listed is reported, because the spec is silent on it.
-SUPPORTED_OPS: dict[str, tuple[int, int]] = {
-    **{op: (8, 15) for op in (
-        "Conv", "BatchNormalization", "Relu", "Sigmoid", "Tanh", "LeakyRelu", "Add", "Mul", "Sub", "Div",
-        "MaxPool", "AveragePool", "GlobalAveragePool", "MatMul", "Gemm", "Flatten", "Reshape", "Clip", "Softmax",
-        "Concat", "Transpose", "Pad", "Dropout", "Identity", "Constant", "Shape", "Gather", "Unsqueeze", "Squeeze",
-        "Cast", "Slice", "ConstantOfShape",
-    )},
-    "HardSwish": (14, 15),  # not an ONNX op before opset 14
-}
-# spec §5 "Known bad": ops the spec says do not convert (as opposed to ops it says nothing about).
-KNOWN_UNSUPPORTED_OPS: dict[str, str] = {
-    "LayerNormalization": "LayerNormalization is an opset-17 op that ATC for Ascend 310 does not convert "
-                          "(spec §5 known bad [COMM])",
-}
+# The operator table (which ops ATC parses at which opset, and what it refuses) is atlas/atc_ops.py.
 
 
 # --- options (spec §1, §2) ---------------------------------------------------------------------------

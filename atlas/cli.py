@@ -146,6 +146,12 @@ def _export_options(p: argparse.ArgumentParser) -> None:
         Alias("--checkpoint", "export.checkpoint", help="checkpoint to export (default <run>/student.pt)",
               metavar="PT"),
         Alias("--onnx", "export.onnx", help="start from your own ONNX instead of a checkpoint", metavar="FILE"),
+        Alias("--input-shape", "export.input_shape", help="fix a user ONNX's dynamic input dims (ATC's form)",
+              metavar="NAME:D1,D2,..."),
+        Alias("--images", "export.images", help="golden inputs from this image folder (class folders: labels)",
+              metavar="DIR"),
+        Alias("--inputs", "export.inputs", help="golden inputs already preprocessed (.npy, or .npz by input name)",
+              metavar="FILE"),
         MEMORY_ALIAS,
     ))
 

@@ -85,6 +85,9 @@ class ExportConfig:
     parity_atol: float = 1e-4
     checkpoint: str = ""  # the checkpoint to export; empty: the run's student.pt
     onnx: str = ""  # export your own ONNX instead of a checkpoint
+    input_shape: str = ""  # with onnx: fix dynamic input dims, ATC's form "x:1,3,640,640;y:1,4"
+    images: str = ""  # with onnx: golden inputs from this folder of images (class folders give labels)
+    inputs: str = ""  # with onnx: golden inputs already preprocessed (.npy; .npz by input name for several)
 
 
 @dataclass

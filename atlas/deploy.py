@@ -42,6 +42,8 @@ class Bundle:
     sim_model: bool
     files: list[tuple[Path, str]] = field(default_factory=list)  # (local, path relative to the remote run folder)
     digests: dict[Path, str] = field(default_factory=dict)  # sha256 of each file, read once for every board
+    remote_inputs: str = rf.REMOTE_INPUTS  # inputs.npz for a model with several inputs
+    remote_outputs: str = rf.REMOTE_OUTPUTS  # outputs.npz for a model with several outputs
 
     @property
     def size(self) -> int:
@@ -78,7 +80,9 @@ def load_bundle(run: rf.Run, cfg: DeployConfig) -> Bundle:
         raise UserError(f"deploy.loop must be >= 1 (got {cfg.loop})")
     app_files = [BOARD_APP_DIR / name for name in APP_FILES]
     bundle = Bundle(run.path, run.name, model, inputs, app_files, batch, is_sim_om(head))
-    bundle.files = [(model, rf.REMOTE_MODEL), (inputs, rf.REMOTE_INPUTS)] + \
+    bundle.remote_inputs = rf.REMOTE_INPUTS_NPZ if inputs.suffix == ".npz" else rf.REMOTE_INPUTS
+    bundle.remote_outputs = rf.REMOTE_OUTPUTS_NPZ if len(export.get("outputs") or [None]) > 1 else rf.REMOTE_OUTPUTS
+    bundle.files = [(model, rf.REMOTE_MODEL), (inputs, bundle.remote_inputs)] + \
                    [(p, f"{rf.REMOTE_APP}/{p.name}") for p in app_files]
     bundle.digests = {local: sha256_file(local) for local, _ in bundle.files}
     return bundle
@@ -134,9 +138,10 @@ def deploy_one(spec: str, bundle: Bundle, cfg: DeployConfig, local_dir: Path, sa
         durations["upload"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        session.run(["rm", "-f", *(f"{remote}/{name}" for name in rf.REMOTE_RESULTS)])
+        results = (bundle.remote_outputs, rf.REMOTE_TIMING)  # written only by the app: removed before each run
+        session.run(["rm", "-f", *(f"{remote}/{name}" for name in (*rf.REMOTE_RESULTS, rf.REMOTE_OUTPUTS_NPZ))])
         argv = with_env_script([cfg.python, f"{remote}/{rf.REMOTE_APP}/infer.py", "--model", f"{remote}/{rf.REMOTE_MODEL}",
-                                 "--input", f"{remote}/{rf.REMOTE_INPUTS}", "--output", f"{remote}/{rf.REMOTE_OUTPUTS}",
+                                 "--input", f"{remote}/{bundle.remote_inputs}", "--output", f"{remote}/{bundle.remote_outputs}",
                                  "--timing", f"{remote}/{rf.REMOTE_TIMING}", "--batch", str(bundle.batch),
                                  "--loop", str(cfg.loop)], cfg.env_script)
         record["app"] = {"argv": argv}
@@ -157,7 +162,7 @@ def deploy_one(spec: str, bundle: Bundle, cfg: DeployConfig, local_dir: Path, sa
                             f"{errors[-1].strip()} (log: {local_dir / rf.BOARD_LOG})", exit_code=1)
 
         t = time.perf_counter()
-        for name in rf.REMOTE_RESULTS:  # fetched under the same names (rf.BOARD_OUTPUTS, rf.BOARD_TIMING)
+        for name in results:  # fetched under the same names (rf.BOARD_OUTPUTS[_NPZ], rf.BOARD_TIMING)
             session.get(f"{remote}/{name}", local_dir / name)
         durations["fetch"] = time.perf_counter() - t
     timing = read_json(local_dir / rf.BOARD_TIMING)

@@ -188,6 +188,15 @@ def save_npy(path: str | os.PathLike, array) -> None:
             np.save(f, array, allow_pickle=False)
 
 
+def save_npz(path: str | os.PathLike, arrays: dict) -> None:
+    """Several arrays by name in one .npz (uncompressed, no pickles)."""
+    import numpy as np
+
+    with atomic_path(path, suffix=".npz") as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+
+
 def read_json(path: str | os.PathLike) -> Any:
     from atlas.errors import UserError
 

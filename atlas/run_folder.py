@@ -33,12 +33,15 @@ GOLDEN = "golden"
 GOLDEN_INPUTS = "golden/inputs.npy"  # what the board is fed (float32 NCHW, or uint8 NHWC with AIPP)
 GOLDEN_LABELS = "golden/labels.npy"
 GOLDEN_REFERENCE = "golden/reference.npy"  # onnxruntime fp32 outputs
+GOLDEN_INPUTS_NPZ = "golden/inputs.npz"  # a model with several inputs: one array per input name
+GOLDEN_REFERENCE_NPZ = "golden/reference.npz"  # several outputs: one array per output name
 MODEL_OM = "model.om"
 ATC_LOG = "atc.log"
 INSERT_OP_CFG = "insert_op.cfg"  # om: the AIPP config, when export chose AIPP
 ATC_BUILD_PREFIX = ".atc-"  # om: ATC's temp build folder inside the run folder
 BOARD = "board"  # deploy: board/ (one board) or board/<label>/ (several)
 BOARD_OUTPUTS = "outputs.npy"
+BOARD_OUTPUTS_NPZ = "outputs.npz"  # a model with several outputs: one array per output
 BOARD_TIMING = "timing.json"
 BOARD_LOG = "log.txt"
 CONFUSION = "confusion.png"  # verify, beside each board's outputs
@@ -48,8 +51,10 @@ PRUNED = "pruned"  # prune: the derived run
 # --- on the board, under <deploy.remote_dir>/<run name>/ ------------------------------------------------------
 REMOTE_MODEL = "model.om"
 REMOTE_INPUTS = "inputs.npy"
+REMOTE_INPUTS_NPZ = "inputs.npz"
 REMOTE_APP = "app"
 REMOTE_OUTPUTS = "outputs.npy"  # = BOARD_OUTPUTS: fetched under the same names
+REMOTE_OUTPUTS_NPZ = "outputs.npz"
 REMOTE_TIMING = "timing.json"
 REMOTE_ATC = "atc"  # om --on-board: ATC's folder
 REMOTE_RESULTS = (REMOTE_OUTPUTS, REMOTE_TIMING)  # written only by the app: removed before each run
@@ -90,7 +95,8 @@ class Run:
         while not existing.exists() and existing != existing.parent:
             existing = existing.parent
         if existing.is_file():
-            raise UserError(f"run folder {self.path}: {existing} is a file, not a folder: pass --run with a folder path")
+            raise UserError(f"cannot create the run folder {self.path}: {existing} is a file, not a folder (pass --run "
+                            "with a folder path)")
         require_writable([existing], "the stage writes its artifacts there (or pass --run with another folder)")
         return self
 
@@ -281,11 +287,11 @@ def stale_upload(run: str | os.PathLike | Run, board: dict[str, Any], inputs: Pa
     """Why a board's outputs no longer answer the current model.om and golden inputs (deploy.json keeps the
     sha256 of what it sent); None when they still do."""
     run = as_run(run)
-    current = {REMOTE_MODEL: run / MODEL_OM, REMOTE_INPUTS: inputs}
+    current = {REMOTE_MODEL: run / MODEL_OM, REMOTE_INPUTS: inputs, REMOTE_INPUTS_NPZ: inputs}
     for upload in board.get("uploads") or []:
         local = current.get(upload.get("file"))
         if local is not None and local.is_file() and upload.get("sha256") and sha256_file(local) != upload["sha256"]:
-            what = "built again" if upload["file"] == REMOTE_MODEL else "exported again"
+            what = "built again" if upload["file"] == REMOTE_MODEL else "exported again"  # the inputs
             return (f"{run / board['local_dir']}: the board ran an earlier {upload['file']} ({local} was {what} "
                     "since): deploy again (make deploy), or pass --board-dir DIR with outputs you trust")
     return None

@@ -19,59 +19,80 @@ from atlas.fileio import atomic_path, read_json, require_writable, write_text
 
 
 def compare(outputs: np.ndarray, reference: np.ndarray, labels: np.ndarray) -> dict:
-    """Per-sample cosine, absolute errors, top-1 agreement and accuracies (plain numbers, JSON-ready)."""
+    """Per-sample cosine and absolute errors (each sample's values flattened), and for class outputs [N, C] the
+    top-1 agreement and, with labels, the accuracies (plain numbers, JSON-ready; None where they do not apply)."""
     if outputs.shape != reference.shape:
         raise UserError(f"board outputs have shape {list(outputs.shape)}, the reference {list(reference.shape)}: "
                         "they are not outputs of the same model on the same golden inputs (deploy again)")
     if len(labels) != len(reference):
         raise UserError(f"{len(labels)} labels for {len(reference)} reference rows: golden/ is inconsistent (export again)")
-    out, ref = outputs.astype(np.float64), reference.astype(np.float64)
+    out = outputs.reshape(len(outputs), -1).astype(np.float64)
+    ref = reference.reshape(len(reference), -1).astype(np.float64)
     finite = np.isfinite(out).all(axis=1)
     norms = np.linalg.norm(out, axis=1) * np.linalg.norm(ref, axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        cosine = np.where(norms > 0, (out * ref).sum(axis=1) / norms, 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):  # a zero row: equal only to an equal (zero) row
+        cosine = np.where(norms > 0, (out * ref).sum(axis=1) / norms, (out == ref).all(axis=1).astype(np.float64))
     cosine = np.where(finite, cosine, 0.0)  # a NaN/Inf row matches nothing
     abs_err = np.abs(out - ref)
-    board_top1, ref_top1 = out.argmax(axis=1), ref.argmax(axis=1)
-    agree = (board_top1 == ref_top1) & finite
-    worst = int(np.argmin(cosine))
-    return {
+    metrics = {
         "count": int(len(ref)),
         "non_finite_rows": int((~finite).sum()),
         "cosine_min": float(cosine.min()),
         "cosine_mean": float(cosine.mean()),
-        "worst_sample": worst,
+        "worst_sample": int(np.argmin(cosine)),
         "max_abs_error": float(np.nanmax(np.where(np.isfinite(abs_err), abs_err, np.inf))),
         "mean_abs_error": float(abs_err[finite].mean()) if finite.any() else float("inf"),
-        "top1_agreement": float(agree.mean()),
-        "top1_disagreements": int((~agree).sum()),
-        "accuracy_reference": float((ref_top1 == labels).mean()),
-        "accuracy_board": float(((board_top1 == labels) & finite).mean()),
+        "top1_agreement": None, "top1_disagreements": None, "accuracy_reference": None, "accuracy_board": None,
     }
+    if reference.ndim == 2:  # class scores: top-1 means something
+        board_top1, ref_top1 = out.argmax(axis=1), ref.argmax(axis=1)
+        agree = (board_top1 == ref_top1) & finite
+        metrics.update(top1_agreement=float(agree.mean()), top1_disagreements=int((~agree).sum()))
+        if len(labels) and (labels >= 0).all():
+            metrics.update(accuracy_reference=float((ref_top1 == labels).mean()),
+                           accuracy_board=float(((board_top1 == labels) & finite).mean()))
+    return metrics
 
 
-def judge(metrics: dict, thresholds: VerifyConfig) -> list[str]:
-    """The thresholds that failed, each as one readable clause (empty: pass)."""
-    failed = []
-    if metrics["top1_agreement"] < thresholds.min_top1_agreement:
-        failed.append(f"top-1 agreement {100 * metrics['top1_agreement']:.2f} % < "
+def judge(metrics: dict, thresholds: VerifyConfig, output: str = "") -> list[str]:
+    """The thresholds that failed, each as one readable clause (empty: pass); `output` names the output."""
+    failed, where = [], f"output {output}: " if output else ""
+    if metrics["top1_agreement"] is not None and metrics["top1_agreement"] < thresholds.min_top1_agreement:
+        failed.append(f"{where}top-1 agreement {100 * metrics['top1_agreement']:.2f} % < "
                       f"{100 * thresholds.min_top1_agreement:.2f} % ({metrics['top1_disagreements']} of "
                       f"{metrics['count']} images differ)")
     if not metrics["cosine_min"] >= thresholds.min_cosine:
-        failed.append(f"min cosine {metrics['cosine_min']:.6f} < {thresholds.min_cosine} "
+        failed.append(f"{where}min cosine {metrics['cosine_min']:.6f} < {thresholds.min_cosine} "
                       f"(sample {metrics['worst_sample']})")
     if metrics["non_finite_rows"]:
-        failed.append(f"{metrics['non_finite_rows']} output rows hold NaN or Inf")
+        failed.append(f"{where}{metrics['non_finite_rows']} output rows hold NaN or Inf")
     return failed
 
 
-def _load(path: Path, what: str, stage: str) -> np.ndarray:
+def load_arrays(path: Path, what: str, stage: str) -> dict[str, np.ndarray]:
+    """An .npy (one array, named "") or an .npz (arrays by name, in their order)."""
     if not path.is_file():
         raise UserError(f"{path} not found: {what} comes from {stage}")
     try:
-        return np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as e:
-        raise UserError(f"{path}: not a readable .npy ({e})") from None
+        loaded = np.load(path, allow_pickle=False)
+        if isinstance(loaded, np.ndarray):
+            return {"": loaded}
+        with loaded:
+            return {name: loaded[name] for name in loaded.files}
+    except (ValueError, OSError, EOFError, KeyError) as e:
+        raise UserError(f"{path}: not a readable {path.suffix} ({e})") from None
+
+
+def board_outputs(folder: Path, count: int) -> list[np.ndarray]:
+    """A board's outputs in model output order: outputs.npy (one output) or outputs.npz (output_0, output_1, ...)."""
+    several = folder / rf.BOARD_OUTPUTS_NPZ
+    path = several if count > 1 or (several.is_file() and not (folder / rf.BOARD_OUTPUTS).is_file()) \
+        else folder / rf.BOARD_OUTPUTS
+    arrays = list(load_arrays(path, "the board's outputs", "the deploy stage (make deploy)").values())
+    if len(arrays) != count:
+        raise UserError(f"{path}: {len(arrays)} output(s), the reference has {count}: not the outputs of this model "
+                        "(deploy again)")
+    return arrays
 
 
 def board_dirs(run: rf.Run, board_dir: str | None, inputs: Path) -> list[Path]:
@@ -103,26 +124,36 @@ def verify(cfg: Config, run: str | Path | rf.Run) -> rf.VerifyRecord:
         if export.get("failed"):
             raise UserError(f"{rf.ExportRecord.path(run)}: the last export failed ({export['failed']}), so golden/ "
                             "may not belong to the model: export again (make onnx), then om and deploy")
-    reference = _load(run / rf.GOLDEN_REFERENCE, "the reference", "the export stage (make onnx)")
-    labels = _load(run / rf.GOLDEN_LABELS, "the labels", "the export stage (make onnx)")
+    golden = (export or {}).get("golden") or {}
+    reference = load_arrays(run / golden.get("reference", rf.GOLDEN_REFERENCE), "the reference",
+                            "the export stage (make onnx)")
+    labels = load_arrays(run / rf.GOLDEN_LABELS, "the labels", "the export stage (make onnx)")[""]
+    names = [o.get("name", "") for o in (export or {}).get("outputs") or []] or list(reference)
     board_input = (export or {}).get("board_input")
     inputs = export.board_inputs_path(run) if isinstance(board_input, dict) else run / rf.GOLDEN_INPUTS
     folders = board_dirs(run, cfg.verify.board_dir or None, inputs)
     require_writable([run_dir, *folders], "verify writes verify.json, report.md and confusion.png there")
     results = []
     for folder in folders:
-        outputs = _load(folder / rf.BOARD_OUTPUTS, "the board's outputs", "the deploy stage (make deploy)")
-        metrics = compare(outputs, reference, labels)
-        failed = judge(metrics, cfg.verify)
+        board = board_outputs(folder, len(reference))
+        per_output, failed = [], []
+        for index, (ref_name, ref) in enumerate(reference.items()):
+            name = names[index] if index < len(names) else ref_name
+            metrics = compare(board[index], ref, labels)
+            failed += judge(metrics, cfg.verify, name if len(reference) > 1 else "")
+            per_output.append({"name": name, "metrics": metrics})
         timing = read_json(folder / rf.BOARD_TIMING) if (folder / rf.BOARD_TIMING).exists() else {}
-        confusion = _confusion(outputs.argmax(axis=1), labels, int(reference.shape[1]))
-        png = folder / rf.CONFUSION
-        _plot_confusion(png, confusion, f"board predictions vs labels ({folder.name})")
-        results.append({"board_dir": str(folder.relative_to(run_dir)) if folder.is_relative_to(run_dir) else str(folder),
-                        "metrics": metrics, "passed": not failed, "failed": failed,
-                        "latency_ms": timing.get("latency_ms"), "throughput_images_per_s": timing.get("throughput_images_per_s"),
-                        "model_load_ms": timing.get("model_load_ms"), "acl": timing.get("acl"),
-                        "confusion_matrix": confusion.tolist(), "confusion_png": str(png.name)})
+        first, first_ref = board[0], next(iter(reference.values()))
+        entry = {"board_dir": str(folder.relative_to(run_dir)) if folder.is_relative_to(run_dir) else str(folder),
+                 "metrics": per_output[0]["metrics"], "outputs": per_output, "passed": not failed, "failed": failed,
+                 "latency_ms": timing.get("latency_ms"), "throughput_images_per_s": timing.get("throughput_images_per_s"),
+                 "model_load_ms": timing.get("model_load_ms"), "acl": timing.get("acl")}
+        if first_ref.ndim == 2 and len(labels) and (labels >= 0).all():  # class outputs with labels
+            confusion = _confusion(first.argmax(axis=1), labels, int(first_ref.shape[1]))
+            png = folder / rf.CONFUSION
+            _plot_confusion(png, confusion, f"board predictions vs labels ({folder.name})")
+            entry.update(confusion_matrix=confusion.tolist(), confusion_png=str(png.name))
+        results.append(entry)
     report = rf.VerifyRecord({"thresholds": {"min_top1_agreement": cfg.verify.min_top1_agreement,
                                              "min_cosine": cfg.verify.min_cosine},
                               "boards": results, "passed": all(r["passed"] for r in results)})
@@ -211,7 +242,13 @@ def render_report(run_dir: Path, report: dict) -> str:
                      f"{m['cosine_mean']:.7f} | {m['max_abs_error']:.2e} | {_pct(m['accuracy_board'])} | "
                      f"{_pct(m['accuracy_reference'])} | {lat.get('p50', 'n/a')} | {lat.get('p99', 'n/a')} | "
                      f"{r.get('throughput_images_per_s') or 'n/a'} | {'PASS' if r['passed'] else 'FAIL: ' + '; '.join(r['failed'])} |")
-    lines += [""] + [f"![confusion matrix]({r['board_dir']}/{r['confusion_png']})" for r in report["boards"]]
+    for r in report["boards"]:
+        for o in r["outputs"][1:] if len(r["outputs"]) > 1 else ():
+            m = o["metrics"]
+            lines.append(f"| {r['board_dir']} output {o['name']} | {_pct(m['top1_agreement'])} | {m['cosine_min']:.7f} | "
+                         f"{m['cosine_mean']:.7f} | {m['max_abs_error']:.2e} | | | | | | |")
+    lines += [""] + [f"![confusion matrix]({r['board_dir']}/{r['confusion_png']})" for r in report["boards"]
+                     if r.get("confusion_png")]
     if any(r.get("acl") == "sim" for r in report["boards"]):
         lines += ["", "Board figures from the sim board (pyACL emulator on this machine): the latencies are the "
                       "emulator's, not an Ascend 310's."]
@@ -231,5 +268,8 @@ def format_summary(run_dir: Path, report: dict) -> str:
                      f"board accuracy {_pct(m['accuracy_board'])} (reference {_pct(m['accuracy_reference'])}); "
                      f"latency p50 {lat.get('p50', 'n/a')} ms, p99 {lat.get('p99', 'n/a')} ms, "
                      f"{r.get('throughput_images_per_s') or 'n/a'} images/s -> {'PASS' if r['passed'] else 'FAIL'}")
+        for o in r["outputs"] if len(r["outputs"]) > 1 else ():
+            lines.append(f"  output {o['name']}: min cosine {o['metrics']['cosine_min']:.7f}, max |diff| "
+                         f"{o['metrics']['max_abs_error']:.2e}, top-1 agreement {_pct(o['metrics']['top1_agreement'])}")
     lines.append(f"wrote {run_dir}/verify.json and {run_dir}/report.md")
     return "\n".join(lines)

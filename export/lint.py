@@ -21,10 +21,10 @@ import onnx
 from google.protobuf.descriptor import FieldDescriptor
 from onnx import AttributeProto, TensorProto, helper, numpy_helper
 
-from atlas import protowire
-from atlas.atc_rules import (BOARD_MEMORY_MIB, DEFAULT_DOMAINS, DEFAULT_MAX_BOARD_BYTES, ERROR, KNOWN_UNSUPPORTED_OPS,
-                             LARGE_TENSOR_BYTES, NEWER_CANN_OPSETS, PROTOBUF_LIMIT_BYTES, RULES, SUPPORTED_OPS,
-                             SUPPORTED_OPSET, UNREADABLE_RULES, WARNING)
+from atlas import atc_ops, protowire
+from atlas.atc_rules import (BOARD_MEMORY_MIB, DEFAULT_DOMAINS, DEFAULT_MAX_BOARD_BYTES, ERROR, LARGE_TENSOR_BYTES,
+                             NEWER_CANN_OPSETS, PROTOBUF_LIMIT_BYTES, RULES, SUPPORTED_OPSET, UNREADABLE_RULES,
+                             WARNING)
 
 
 @dataclass(frozen=True)
@@ -279,12 +279,6 @@ def _check_opset(model: onnx.ModelProto) -> Iterator[Finding]:
                            f"opset {version}: the CANN 5.x ATC parses opset 11 only, and since the opset is "
                            f"model-wide every node fails with E19010 `No parser is registered for Op [..., optype "
                            f"[ai.onnx::{version}::<OpType>]]` (spec §1)", hint)
-    for o in model.opset_import:
-        if o.domain not in DEFAULT_DOMAINS:
-            yield _finding("domain-unsupported", f"opset_import '{o.domain}'",
-                           f"domain '{o.domain}' (version {o.version}): ATC has no plugins for other domains "
-                           "(spec §5 model-level rules [INFER])",
-                           "export with standard ONNX ops only (no custom ops or ai.onnx.ml)")
 
 
 def _check_graph_io(graph: onnx.GraphProto) -> Iterator[Finding]:
@@ -445,12 +439,16 @@ def _node_target(node: onnx.NodeProto, index: int, prefix: str = "") -> str:
 
 
 def _check_nodes(model: onnx.ModelProto, context: _ModelContext) -> Iterator[Finding]:
+    foreign: dict[str, list[tuple[int, onnx.NodeProto, str]]] = {}
     for prefix, graph in _iter_graphs(model.graph):
         for index, node in enumerate(graph.node):
             target = _node_target(node, index, prefix)
+            if node.domain not in DEFAULT_DOMAINS:
+                foreign.setdefault(node.domain, []).append((index, node, target))
+                continue
             try:
                 yield from _check_op_type(node, target, context.opset)
-                check = _ATTRIBUTE_RULES.get(node.op_type) if node.domain in DEFAULT_DOMAINS else None
+                check = _ATTRIBUTE_RULES.get(node.op_type)
                 if check is not None:
                     yield from check(node, target, context)
             except _BadAttribute as e:
@@ -458,33 +456,50 @@ def _check_nodes(model: onnx.ModelProto, context: _ModelContext) -> Iterator[Fin
                                "(E14001, spec §4)", "re-export the model; fix the attribute")
             except Exception as e:
                 yield _crash_finding(f"{node.op_type} rules", target, e)
+    for domain, nodes in foreign.items():  # one root cause, one error: per domain, not per node
+        index, node, _ = nodes[0]
+        ops = sorted({n.op_type for _, n, _ in nodes})
+        target = _Target(f"domain '{domain}'", domain=domain, node=node.name, node_index=index, op_type=node.op_type,
+                         graph="")
+        yield _finding("domain-unsupported", target, f"{len(nodes)} node(s) of domain '{domain}' "
+                       f"({', '.join(ops[:6])}{', ...' if len(ops) > 6 else ''}): ATC has no parsers for ops outside "
+                       "the ONNX standard domain (spec atc-onnx-ops.md)",
+                       "export with standard ONNX ops only (no custom ops, no onnxruntime contrib ops, no ATen nodes)")
 
 
 def _check_op_type(node: onnx.NodeProto, target: str, opset: int | None) -> Iterator[Finding]:
     op = node.op_type
-    if node.domain not in DEFAULT_DOMAINS:
-        yield _finding("domain-unsupported", target, f"op {op} of domain '{node.domain}': ATC has no plugins for "
-                       "other domains (spec §5 model-level rules [INFER])",
-                       "replace it with standard ONNX ops from the table in export/lint.py")
-        return
-    if op in KNOWN_UNSUPPORTED_OPS:
-        yield _finding("op-unsupported", target, KNOWN_UNSUPPORTED_OPS[op],
-                       "replace it with ops from the spec §5 table (see SUPPORTED_OPS in export/lint.py)")
-        return
-    if op not in SUPPORTED_OPS:
+    if opset not in (SUPPORTED_OPSET, *NEWER_CANN_OPSETS):
+        return  # the opset rule already fails the whole model: a per-node finding would only repeat it
+    verdict = atc_ops.parses(op, opset)
+    if op in atc_ops.NO_PARSER:
+        yield _finding("op-unsupported", target, f"{op}: {atc_ops.NO_PARSER[op]}; ATC fails with E19010",
+                       "replace it with ops ATC parses (atlas/atc_ops.py; spec atc-onnx-ops.md)")
+    elif verdict is None:
         yield _finding("op-not-in-table", target,
-                       f"{op} is not in the operator table atlas-kd knows ATC supports on Ascend 310 "
-                       "(spec §5); the spec is silent on it, so ATC may or may not convert it",
-                       "replace it with ops from the table (SUPPORTED_OPS in export/lint.py), or check it with "
-                       "`msit analyze -gm model.onnx -soc Ascend310` where CANN is installed (spec §5)")
-        return
-    first, last = SUPPORTED_OPS[op]
-    # Outside 11-13 the opset rule already fails every node; a per-node finding would only repeat it.
-    if opset in (SUPPORTED_OPSET, *NEWER_CANN_OPSETS) and not first <= opset <= last:
-        reason = ("HardSwish is not an ONNX op before opset 14; at opset 11 PyTorch emits HardSigmoid*x "
-                  "(spec §5 [INFER])" if op == "HardSwish"
-                  else f"ATC's {op} plugin covers opsets {first}-{last}, not {opset} (spec §5)")
-        yield _finding("op-unsupported", target, reason, "re-export with opset 11 and ops from the spec §5 table")
+                       f"{op} is not in our table of the ops ATC parses for the Ascend 310 (atlas/atc_ops.py, from "
+                       "spec atc-onnx-ops.md); the spec is silent on it, so ATC decides",
+                       "check it with `msit analyze -gm model.onnx -soc Ascend310` where CANN is installed, or "
+                       "convert and see (spec §5)")
+    elif not verdict:
+        row = atc_ops.OPS[op]
+        reason = (f"ATC's {op} parser has keys for opsets {_ranges(row.opsets)}, not {opset} (spec atc-onnx-ops.md"
+                  f" [{row.tag}]){'; ' + row.note if row.note else ''}")
+        yield _finding("op-unsupported", target, reason, "re-export at opset 11 with ops ATC parses there")
+
+
+def _ranges(values: frozenset[int]) -> str:
+    """{8, 9, 11, 12} -> "8-9, 11-12"."""
+    out, ordered = [], sorted(values)
+    start = prev = ordered[0]
+    for v in ordered[1:] + [None]:
+        if v is not None and v == prev + 1:
+            prev = v
+            continue
+        out.append(f"{start}-{prev}" if prev != start else str(start))
+        if v is not None:
+            start = prev = v
+    return ", ".join(out)
 
 
 def _attrs(node: onnx.NodeProto) -> dict[str, AttributeProto]:
@@ -627,7 +642,89 @@ def _check_pad(node: onnx.NodeProto, target: str, context: _ModelContext) -> Ite
                        "count (begin and end per axis, spec §5)", "give begin and end pads for every axis")
 
 
+def _refused(target: str, message: str, hint: str) -> Finding:
+    return _finding("op-attribute-refused", target, f"{message}: ATC's parser refuses it (spec atc-onnx-ops.md)", hint)
+
+
+def _check_resize(node: onnx.NodeProto, target: str, context: _ModelContext) -> Iterator[Finding]:
+    mode = _string(node, "mode", "nearest")
+    if mode not in ("nearest", "linear"):
+        yield _refused(target, f"Resize mode={mode}", "use mode nearest or linear")
+    transform = _string(node, "coordinate_transformation_mode", "half_pixel")
+    if transform not in ("asymmetric", "pytorch_half_pixel", "align_corners"):
+        yield _finding("op-semantics-changed", target, f"coordinate_transformation_mode={transform}: ATC computes it "
+                       "as asymmetric (spec atc-onnx-ops.md Resize)", "export with asymmetric (nearest) or "
+                       "pytorch_half_pixel / align_corners (linear), which ATC keeps")
+    for i, what in ((2, "scales"), (3, "sizes")):
+        name = _input(node, i)
+        if name is not None and name not in context.constants:
+            yield _refused(target, f"Resize {what} computed at run time", "fold them to constants (onnx-simplifier "
+                           "with a static input shape)")
+
+
+def _check_upsample(node: onnx.NodeProto, target: str, context: _ModelContext) -> Iterator[Finding]:
+    mode = _string(node, "mode", "nearest")
+    if mode not in ("nearest", "linear"):
+        yield _refused(target, f"Upsample mode={mode}", "use mode nearest or linear")
+
+
+def _check_arg_reduce(node: onnx.NodeProto, target: str, context: _ModelContext) -> Iterator[Finding]:
+    if _int(node, "select_last_index", 0):
+        yield _refused(target, f"{node.op_type} select_last_index=1", "drop select_last_index (use 0)")
+
+
+def _check_selu(node: onnx.NodeProto, target: str, context: _ModelContext) -> Iterator[Finding]:
+    alpha, gamma = _float(node, "alpha", 1.67326319217681884765625), _float(node, "gamma", 1.05070102214813232421875)
+    if not (math.isclose(alpha, 1.6732632, rel_tol=1e-6) and math.isclose(gamma, 1.0507010, rel_tol=1e-6)):
+        yield _refused(target, f"Selu alpha={alpha:g}, gamma={gamma:g} (not the ONNX defaults)",
+                       "use the default alpha and gamma, or write it as Elu/Mul")
+
+
+def _check_lrn(node: onnx.NodeProto, target: str, context: _ModelContext) -> Iterator[Finding]:
+    size = _int(node, "size", 0)
+    if size <= 0 or size % 2 == 0:
+        yield _refused(target, f"LRN size={size or 'absent'} (must be given and odd)", "give LRN an odd size")
+
+
+def _check_depth_to_space(node: onnx.NodeProto, target: str, context: _ModelContext) -> Iterator[Finding]:
+    if _int(node, "blocksize", 0) < 2:
+        yield _refused(target, f"DepthToSpace blocksize={_int(node, 'blocksize', 0)}", "use a blocksize of 2 or more")
+
+
+def _check_conv_transpose(node: onnx.NodeProto, target: str, context: _ModelContext) -> Iterator[Finding]:
+    if _ints(node, "kernel_shape") is None:
+        yield _refused(target, "ConvTranspose without kernel_shape", "export it with kernel_shape written out")
+    if any(d != 1 for d in _ints(node, "dilations") or []):
+        yield _refused(target, f"ConvTranspose dilations {_ints(node, 'dilations')}", "use dilations 1")
+    if _string(node, "auto_pad", "NOTSET") in ("SAME_UPPER", "SAME_LOWER"):
+        yield _refused(target, f"ConvTranspose auto_pad={_string(node, 'auto_pad', '')}", "give explicit pads")
+
+
+def _check_split(node: onnx.NodeProto, target: str, context: _ModelContext) -> Iterator[Finding]:
+    split = _ints(node, "split")
+    if split is not None and len(split) != len(node.output):
+        yield _refused(target, f"Split has {len(split)} sizes for {len(node.output)} outputs",
+                       "give one split size per output")
+
+
+def _check_log_softmax(node: onnx.NodeProto, target: str, context: _ModelContext) -> Iterator[Finding]:
+    if context.opset is not None and context.opset < 13 and _typed_attr(node, "axis", AttributeProto.INT,
+                                                                       "an int") is None:
+        yield _finding("op-semantics-changed", target, "LogSoftmax without an axis: ONNX below opset 13 means axis 1, "
+                       "ATC takes -1 (spec atc-onnx-ops.md)", "write the axis out")
+
+
 _ATTRIBUTE_RULES: dict[str, Callable[[onnx.NodeProto, str, _ModelContext], Iterator[Finding]]] = {
+    "Resize": _check_resize,
+    "Upsample": _check_upsample,
+    "ArgMax": _check_arg_reduce,
+    "ArgMin": _check_arg_reduce,
+    "Selu": _check_selu,
+    "LRN": _check_lrn,
+    "DepthToSpace": _check_depth_to_space,
+    "ConvTranspose": _check_conv_transpose,
+    "Split": _check_split,
+    "LogSoftmax": _check_log_softmax,
     "Conv": _check_conv,
     "MaxPool": _check_maxpool,
     "AveragePool": _check_averagepool,

@@ -7,6 +7,7 @@ import onnx
 
 from atlas.errors import UserError
 from atlas.fileio import atomic_path
+from export.static_shapes import fill_output_shapes, fix_input_shapes
 
 
 def describe(model: onnx.ModelProto, path: Path) -> dict:
@@ -16,15 +17,20 @@ def describe(model: onnx.ModelProto, path: Path) -> dict:
     return {"path": path.name, "bytes": path.stat().st_size, "nodes": len(model.graph.node), "ops": ops}
 
 
-def simplify_onnx(raw_path: str | Path, out_path: str | Path) -> dict:
-    """Simplify `raw_path` into `out_path`; returns node counts and sizes before and after."""
+def simplify_onnx(raw_path: str | Path, out_path: str | Path, input_shapes: dict[str, list[int]] | None = None) -> dict:
+    """Simplify `raw_path` into `out_path` (with `input_shapes` fixed first: export/static_shapes.py); returns
+    node counts and sizes before and after."""
     from onnxsim import simplify  # imported here: it is slow to import and only this stage needs it
 
     raw_path, out_path = Path(raw_path), Path(out_path)
     model = onnx.load(str(raw_path))
     before = describe(model, raw_path)
+    if input_shapes:
+        model = fix_input_shapes(model, input_shapes)
     try:
-        simplified, ok = simplify(model)
+        simplified, ok = simplify(model, overwrite_input_shapes=input_shapes or None)
+        if input_shapes:
+            simplified = fill_output_shapes(simplified)
     except Exception as e:  # onnxsim raises many types for models it cannot fold
         raise UserError(f"onnxsim could not simplify {raw_path.name}: {str(e).splitlines()[0][:200]}") from None
     if not ok:
@@ -33,6 +39,6 @@ def simplify_onnx(raw_path: str | Path, out_path: str | Path) -> dict:
         onnx.save(simplified, str(tmp))
         try:
             onnx.checker.check_model(str(tmp), full_check=True)
-        except onnx.checker.ValidationError as e:
+        except Exception as e:  # ValidationError, InferenceError (shapes that contradict each other), ...
             raise UserError(f"simplified model fails the ONNX checker: {str(e).splitlines()[0][:200]}") from None
     return {"before": before, "after": describe(simplified, out_path)}

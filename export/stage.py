@@ -17,8 +17,10 @@ from atlas.config import Config
 from atlas.errors import UserError
 from atlas.fileio import atomic_path, sha256_file, write_json
 from export import lint
+from export import golden as golden_sets
 from export.reference import onnx_session, parity, run_onnx, torch_logits, write_golden
 from export.simplify import simplify_onnx
+from export.static_shapes import parse_input_shape
 from training.onnx_form import export_onnx
 
 # Findings that mean "this file cannot be used at all" for a user's ONNX: exit 2 like any unreadable input.
@@ -26,38 +28,31 @@ _UNUSABLE = lint.UNREADABLE_RULES | {"external-data-outside-folder", "external-d
 
 
 def export(cfg: Config, run: str | Path | rf.Run, *, log=print) -> rf.ExportRecord:
-    from training import checkpoint
-    from training.data import IMAGEFOLDER, dataset_info, image_rules, load_dataset, normalize
-
     run_dir = rf.as_run(run).path
-    checkpoint_path, onnx_path = cfg.export.checkpoint or None, cfg.export.onnx or None
-    if onnx_path and checkpoint_path:
-        raise UserError("--onnx and --checkpoint exclude each other: export either your ONNX or a checkpoint")
-    if cfg.export.batch < 1:  # checked before anything is written: a batch-0 model would replace a good one
-        raise UserError(f"export.batch must be >= 1 (got {cfg.export.batch}): the .om runs with this fixed batch")
-    if cfg.export.golden_count < 1:
-        raise UserError(f"export.golden_count must be >= 1 (got {cfg.export.golden_count})")
+    e = cfg.export
+    checkpoint_path, onnx_path = e.checkpoint or None, e.onnx or None
+    _check_options(cfg)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     raw_path, model_path = run_dir / rf.RAW_ONNX, run_dir / rf.ONNX
     model = None
+    input_shapes = parse_input_shape(e.input_shape) if e.input_shape else None
     if onnx_path is None:
+        from training import checkpoint
+
         checkpoint_path = Path(checkpoint_path) if checkpoint_path else run_dir / rf.STUDENT
         model, payload = checkpoint.load_model(checkpoint_path, expect_arch=cfg.student.model)
         dataset_name, normalization = payload["dataset"], payload["normalization"]
-        input_shape = [cfg.export.batch, *payload["input_shape"]]
         source = {"checkpoint": str(checkpoint_path), "arch": payload["arch"]}
         rf.Run(run_dir).create()
-        export_onnx(model, input_shape, raw_path, opset=cfg.export.opset)
+        export_onnx(model, [e.batch, *payload["input_shape"]], raw_path, opset=e.opset)
     else:
         onnx_path = Path(onnx_path)
         problems = [f for f in lint.lint_file(onnx_path, board_memory_mib=cfg.deploy.memory_mib) if f.rule in _UNUSABLE]
         if problems:
             raise UserError(f"{onnx_path}: {problems[0].message}")
-        info = (load_dataset(IMAGEFOLDER, cfg.data.dir or None, progress=False, rules=image_rules(cfg.data)).info
-                if cfg.data.dataset == IMAGEFOLDER else dataset_info(cfg.data.dataset))
-        dataset_name, normalization = info.name, {"mean": list(info.mean), "std": list(info.std)}
-        source = {"onnx": str(onnx_path)}
+        dataset_name, normalization = _user_normalization(cfg)
+        source = {"onnx": str(onnx_path), **({"input_shape": e.input_shape} if e.input_shape else {})}
         rf.Run(run_dir).create()
         with atomic_path(raw_path, suffix=".onnx") as tmp:
             shutil.copyfile(onnx_path, tmp)
@@ -65,12 +60,7 @@ def export(cfg: Config, run: str | Path | rf.Run, *, log=print) -> rf.ExportReco
     failure = {"source": source, "failed": "export"}  # what export.json says if the stage stops from here on
     with _failure_recorded(rf.ExportRecord.path(run_dir), failure):
         t = time.perf_counter()
-        if cfg.export.simplify:
-            sizes = simplify_onnx(raw_path, model_path)
-        else:
-            with atomic_path(model_path, suffix=".onnx") as tmp:
-                shutil.copyfile(raw_path, tmp)
-            sizes = None
+        sizes = _simplified(raw_path, model_path, e.simplify, input_shapes)
         timings["simplify_s"] = time.perf_counter() - t
 
         t = time.perf_counter()
@@ -85,45 +75,44 @@ def export(cfg: Config, run: str | Path | rf.Run, *, log=print) -> rf.ExportReco
 
         t = time.perf_counter()
         session = onnx_session(model_path)
-        io_in, io_out = session.get_inputs()[0], session.get_outputs()[0]
-        data = load_dataset(dataset_name, cfg.data.dir or None, progress=False, rules=image_rules(cfg.data))
-        count = min(cfg.export.golden_count, len(data.test_labels))
-        if count < 1:
-            raise UserError(f"export.golden_count must be >= 1 (got {cfg.export.golden_count})")
-        images, labels = data.test_images[:count], data.test_labels[:count]
-        inputs = normalize(images, normalization["mean"], normalization["std"])
-        reference = run_onnx(session, inputs)
+        inputs = golden_sets.model_inputs(session)
+        gold = _golden(cfg, inputs, dataset_name, normalization, user_model=onnx_path is not None)
+        if gold.note and gold.kind == "random":
+            log(f"warning: {gold.note}")
+        reference = run_onnx(session, gold.model)
         timings["reference_s"] = time.perf_counter() - t
 
         parity_report = None
         if model is not None:
             t = time.perf_counter()
-            parity_report = parity(torch_logits(model, inputs), reference)
-            parity_report["atol"] = cfg.export.parity_atol
-            parity_report["passed"] = (parity_report["max_abs_diff"] <= cfg.export.parity_atol
-                                       and parity_report["top1_identical"])
+            parity_report = _parity(model, gold, reference, e.parity_atol)
             timings["parity_s"] = time.perf_counter() - t
-            if not parity_report["passed"]:
-                raise UserError(f"torch and onnxruntime disagree on the golden set (max |diff| "
-                                f"{parity_report['max_abs_diff']:.2e} > {cfg.export.parity_atol:g}, or top-1 differs); "
-                                "the export is not faithful", exit_code=1)
 
         aipp = cfg.om.aipp
-        board_inputs = images if aipp else inputs  # AIPP normalises on chip: the board gets the raw uint8 pixels
-        golden = write_golden(run_dir, board_inputs=board_inputs, labels=labels, reference=reference)
-        accuracy = float((reference.argmax(1) == labels).mean())
+        if aipp and gold.pixels is None:
+            raise UserError("--om-aipp true needs image inputs (a data set or --images): AIPP normalises uint8 "
+                            "pixels on the chip")
+        board = {inputs[0].name: gold.pixels} if aipp else gold.model  # AIPP: the board gets the raw uint8 pixels
+        golden = write_golden(run_dir, board_inputs=board, labels=gold.labels, reference=reference)
+        golden.update(kind=gold.kind, labelled=gold.labelled, note=gold.note)
+        first_out = next(iter(reference.values()))
+        accuracy = (float((first_out.argmax(1) == gold.labels).mean())
+                    if gold.labelled and first_out.ndim == 2 else None)
         timings["total_s"] = time.perf_counter() - t0
+        board_first = next(iter(board.values()))
         report = rf.ExportRecord({
             "source": source,
             "dataset": dataset_name,
             "onnx": {"path": model_path.name, "raw_path": raw_path.name, "opset": _opset(model_path),
                      "bytes": model_path.stat().st_size, "raw_bytes": raw_path.stat().st_size,
                      "sha256": sha256_file(model_path), "simplify": sizes},
-            "input": {"name": io_in.name, "shape": list(io_in.shape), "dtype": "float32", "layout": "NCHW"},
-            "output": {"name": io_out.name, "shape": list(io_out.shape)},
+            "input": _io_entry(session.get_inputs()[0], layout=True),
+            "output": _io_entry(session.get_outputs()[0]),
+            "inputs": [_io_entry(i, layout=True) for i in session.get_inputs()],
+            "outputs": [_io_entry(o) for o in session.get_outputs()],
             "normalization": {"mean": list(normalization["mean"]), "std": list(normalization["std"])},
-            "board_input": {"path": golden["inputs"], "dtype": str(board_inputs.dtype),
-                            "layout": "NHWC" if aipp else "NCHW", "aipp": aipp},
+            "board_input": {"path": golden["inputs"], "dtype": str(board_first.dtype),
+                            "layout": "NHWC" if aipp else _layout(board_first), "aipp": aipp},
             "golden": golden,
             "reference_accuracy": accuracy,
             "parity": parity_report,
@@ -133,6 +122,101 @@ def export(cfg: Config, run: str | Path | rf.Run, *, log=print) -> rf.ExportReco
         report.write(run_dir)
     log(format_summary(report))
     return report
+
+
+def _check_options(cfg: Config) -> None:
+    """Checked before anything is written: a batch-0 model would replace a good one."""
+    e = cfg.export
+    if e.onnx and e.checkpoint:
+        raise UserError("--onnx and --checkpoint exclude each other: export either your ONNX or a checkpoint")
+    if e.batch < 1:
+        raise UserError(f"export.batch must be >= 1 (got {e.batch}): the .om runs with this fixed batch")
+    if e.golden_count < 1:
+        raise UserError(f"export.golden_count must be >= 1 (got {e.golden_count})")
+    if not e.onnx and (e.images or e.inputs or e.input_shape):
+        used = [flag for flag, value in (("--images", e.images), ("--inputs", e.inputs),
+                                         ("--input-shape", e.input_shape)) if value]
+        raise UserError(f"{', '.join(used)} go with --onnx (a checkpoint's golden set is its data set's test split)")
+    if e.images and e.inputs:
+        raise UserError("--images and --inputs exclude each other: give the golden inputs one way")
+    if e.input_shape:
+        parse_input_shape(e.input_shape)
+
+
+def _user_normalization(cfg: Config) -> tuple[str, dict]:
+    """A user's ONNX: the data set named by the config (for a golden set drawn from it) and the normalisation the
+    model takes (data.mean/std, else the data set's)."""
+    from training.data import IMAGEFOLDER, dataset_info, image_rules, load_dataset
+
+    if cfg.export.images or cfg.export.inputs:
+        mean, std = list(cfg.data.mean), list(cfg.data.std)
+        if cfg.export.images and not (mean and std):
+            raise UserError("--images: give the normalisation the model takes, --data-mean and --data-std (per "
+                            "channel, after /255; e.g. ImageNet's 0.485,0.456,0.406 and 0.229,0.224,0.225)")
+        return "images" if cfg.export.images else "arrays", {"mean": mean, "std": std}
+    info = (load_dataset(IMAGEFOLDER, cfg.data.dir or None, progress=False, rules=image_rules(cfg.data)).info
+            if cfg.data.dataset == IMAGEFOLDER else dataset_info(cfg.data.dataset))
+    return info.name, {"mean": list(info.mean), "std": list(info.std)}
+
+
+def _golden(cfg: Config, inputs: list, dataset_name: str, normalization: dict, user_model: bool):
+    from training.data import image_rules, load_dataset
+
+    e = cfg.export
+    if e.images:
+        return golden_sets.from_images(Path(e.images), inputs, image_rules(cfg.data), normalization["mean"],
+                                       normalization["std"], e.golden_count, progress=False)
+    if e.inputs:
+        return golden_sets.from_arrays(Path(e.inputs), inputs, e.golden_count)
+    if user_model and not golden_sets.fits_dataset(inputs, dataset_name, cfg):
+        return golden_sets.random_inputs(inputs, e.golden_count)
+    data = load_dataset(dataset_name, cfg.data.dir or None, progress=False, rules=image_rules(cfg.data))
+    count = min(e.golden_count, len(data.test_labels))
+    return golden_sets.from_dataset(data.test_images[:count], data.test_labels[:count], normalization["mean"],
+                                    normalization["std"], inputs)
+
+
+def _simplified(raw_path: Path, model_path: Path, simplify: bool, input_shapes: dict | None) -> dict | None:
+    if simplify:
+        return simplify_onnx(raw_path, model_path, input_shapes)
+    import onnx
+
+    from export.static_shapes import fix_input_shapes
+
+    with atomic_path(model_path, suffix=".onnx") as tmp:
+        if input_shapes:
+            onnx.save(fix_input_shapes(onnx.load(str(raw_path)), input_shapes), str(tmp))
+        else:
+            shutil.copyfile(raw_path, tmp)
+    return None
+
+
+def _parity(model, gold, reference: dict, atol: float) -> dict:
+    """torch vs onnxruntime on the golden set (the first output): measured, not assumed."""
+    (name, inputs), = gold.model.items()
+    report = parity(torch_logits(model, inputs), next(iter(reference.values())))
+    report["atol"] = atol
+    report["passed"] = report["max_abs_diff"] <= atol and report["top1_identical"]
+    if not report["passed"]:
+        raise UserError(f"torch and onnxruntime disagree on the golden set (max |diff| {report['max_abs_diff']:.2e} "
+                        f"> {atol:g}, or top-1 differs); the export is not faithful", exit_code=1)
+    return report
+
+
+def _io_entry(meta, layout: bool = False) -> dict:
+    entry = {"name": meta.name, "shape": list(meta.shape), "dtype": _dtype_name(meta.type)}
+    if layout:
+        entry["layout"] = "NCHW" if len(meta.shape) == 4 else "ND"
+    return entry
+
+
+def _dtype_name(ort_type: str) -> str:
+    return {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64"}.get(
+        ort_type, ort_type.removeprefix("tensor(").rstrip(")"))
+
+
+def _layout(array) -> str:
+    return "NCHW" if array.ndim == 4 else "ND"
 
 
 @contextlib.contextmanager
@@ -165,7 +249,9 @@ def format_summary(report: dict) -> str:
     if p:
         lines.append(f"torch vs onnxruntime on {p['count']} golden images: max |diff| {p['max_abs_diff']:.2e}, "
                      f"top-1 identical: {'yes' if p['top1_identical'] else 'NO'}")
-    b = report["board_input"]
-    lines.append(f"golden: {report['golden']['count']} images ({b['dtype']} {b['layout']}{', AIPP' if b['aipp'] else ''}), "
-                 f"reference accuracy {100 * report['reference_accuracy']:.2f} %; stage took {report['timings_s']['total_s']:.1f} s")
+    b, g = report["board_input"], report["golden"]
+    acc = report["reference_accuracy"]
+    accuracy = f"reference accuracy {100 * acc:.2f} %" if acc is not None else "no labels: accuracy not judged"
+    lines.append(f"golden: {g['count']} samples from {g.get('kind', 'dataset')} ({b['dtype']} {b['layout']}"
+                 f"{', AIPP' if b['aipp'] else ''}), {accuracy}; stage took {report['timings_s']['total_s']:.1f} s")
     return "\n".join(lines)

@@ -4,7 +4,7 @@ import shutil
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from atlas.cli import main
 from atlas.config import load_config
@@ -187,15 +187,18 @@ def test_external_data_outside_the_folder(tmp_path, capsys):
 
 
 def test_lint_error_stops_the_stage_with_findings_listed(tmp_path, capsys):
-    graph = helper.make_graph([helper.make_node("NonZero", ["input"], ["nz"]), helper.make_node("Cast", ["nz"], ["logits"], to=TensorProto.FLOAT)],
+    # QuantizeLinear / DequantizeLinear: no ATC parser at any opset (was NonZero, which the issue-16 table parses)
+    scale = numpy_helper.from_array(np.array(0.1, np.float32), "scale")
+    graph = helper.make_graph([helper.make_node("QuantizeLinear", ["input", "scale"], ["q"]),
+                               helper.make_node("DequantizeLinear", ["q", "scale"], ["logits"])],
                               "g", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 1, 28, 28])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [4, None])])
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 1, 28, 28])], [scale])
     path = tmp_path / "nz.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)]), str(path))
     code, out = _user_onnx(capsys, tmp_path, path)
     captured = capsys.readouterr()
     assert code == 1
-    assert "op-not-in-table" in captured.out and "lint found" in captured.err
+    assert "op-unsupported" in captured.out and "lint found" in captured.err
     assert json.loads((out / "export.json").read_text())["failed"] == "lint"
     assert not (out / "golden").exists()
 

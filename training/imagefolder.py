@@ -32,7 +32,8 @@ CHANNEL_MODES = {"rgb": ("RGB", 3), "gray": ("L", 1)}
 class ImageRules:
     """How images become model inputs: size (square), channels, how to resize, and the class list."""
 
-    size: int = 32
+    size: int = 32  # the height (and the width, unless `width` is given)
+    width: int = 0  # 0: square (size x size); a user's model may take e.g. 48 x 320
     channels: str = "rgb"  # rgb | gray
     resize: str = "crop"  # crop: shorter side to `size`, then the centre; stretch: straight to size x size
     classes: tuple[str, ...] = ()  # empty: the sorted folder names
@@ -40,8 +41,12 @@ class ImageRules:
     mean: tuple[float, ...] = ()  # empty: computed from the train split
     std: tuple[float, ...] = ()
 
+    @property
+    def hw(self) -> tuple[int, int]:
+        return self.size, self.width or self.size
+
     def check(self) -> None:
-        if self.size < 1:
+        if self.size < 1 or self.width < 0:
             raise UserError(f"data.image_size must be >= 1 (got {self.size})")
         if self.channels not in CHANNEL_MODES:
             raise UserError(f"data.channels must be one of {', '.join(CHANNEL_MODES)} (got {self.channels!r})")
@@ -95,14 +100,15 @@ def decode(path: Path, rules: ImageRules) -> np.ndarray:
     try:
         with Image.open(path) as image:
             image = image.convert(mode)
+            height, width = rules.hw
             if rules.resize == "stretch":
-                image = image.resize((rules.size, rules.size), Image.BILINEAR)
-            else:
-                scale = rules.size / min(image.size)
-                w, h = max(rules.size, round(image.width * scale)), max(rules.size, round(image.height * scale))
+                image = image.resize((width, height), Image.BILINEAR)
+            else:  # cover height x width, keeping the aspect ratio, then cut the centre
+                scale = max(height / image.height, width / image.width)
+                w, h = max(width, round(image.width * scale)), max(height, round(image.height * scale))
                 image = image.resize((w, h), Image.BILINEAR)
-                left, top = (w - rules.size) // 2, (h - rules.size) // 2
-                image = image.crop((left, top, left + rules.size, top + rules.size))
+                left, top = (w - width) // 2, (h - height) // 2
+                image = image.crop((left, top, left + width, top + height))
             pixels = np.asarray(image, dtype=np.uint8)
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         raise UserError(f"{path}: not a readable image ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
@@ -115,7 +121,7 @@ def decode_all(paths: list[Path], rules: ImageRules, progress: bool, desc: str) 
     from tqdm import tqdm
 
     n = CHANNEL_MODES[rules.channels][1]
-    out = np.empty((len(paths), rules.size, rules.size, n), dtype=np.uint8)
+    out = np.empty((len(paths), *rules.hw, n), dtype=np.uint8)
     with ThreadPoolExecutor(max_workers=2 * (os.cpu_count() or 1)) as pool:
         results = pool.map(lambda p: decode(p, rules), paths)
         for i, pixels in enumerate(tqdm(results, total=len(paths), desc=desc, unit="img", disable=not progress,
