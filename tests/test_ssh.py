@@ -319,6 +319,26 @@ def test_get_downloads_atomically_and_a_missing_file_is_a_clear_line(board, remo
     assert os.listdir(tmp_path / "board") == ["outputs.npy"]  # no temp file left
 
 
+def test_get_that_times_out_is_retried_and_lands_whole(board, remote_dir, tmp_path, monkeypatch):
+    remote_dir.mkdir()
+    (remote_dir / "outputs.npy").write_bytes(os.urandom(100_000))
+    read_file, calls = transfer.RemoteFiles._read_file, []
+
+    def stalls_once(self, *args):
+        calls.append(args)
+        if len(calls) == 1:
+            raise TimeoutError("timed out")  # what a channel silent for IO_TIMEOUT_S raises
+        return read_file(self, *args)
+
+    monkeypatch.setattr(transfer.RemoteFiles, "_read_file", stalls_once)
+    messages = []
+    with session(board, backoff_s=0.01, log=messages.append) as s:
+        s.get(str(remote_dir / "outputs.npy"), tmp_path / "outputs.npy")
+    assert len(calls) == 2 and s.retry_count == 1 and "download of outputs.npy: timed out; retry 1/4" in messages[0]
+    assert (tmp_path / "outputs.npy").read_bytes() == (remote_dir / "outputs.npy").read_bytes()
+    assert os.listdir(tmp_path) == ["outputs.npy"]  # the stalled attempt's temp file is gone
+
+
 def test_sha256_on_the_board_with_sha256sum_and_with_the_python3_fallback(board, remote_dir, tmp_path):
     remote_dir.mkdir()
     name = remote_dir / "odd name\\with backslash"

@@ -17,7 +17,7 @@ import paramiko
 
 from atlas import fileio
 from atlas.ssh.commands import CommandResult, command_error
-from atlas.ssh.errors import RemoteFileError, describe, tail
+from atlas.ssh.errors import ConnectionLost, RemoteFileError, describe, tail
 
 PROGRESS_MIN_BYTES = 1 << 20  # a progress bar only for files larger than this
 
@@ -248,7 +248,8 @@ class RemoteFiles:
                 if self._alive() and not isinstance(e, (TimeoutError, ConnectionError)):
                     raise RemoteFileError(f"board {self.display}: cannot download {remote}: "
                                           f"{describe(e)}") from None
-                raise
+                # Not an OSError, which atomic_path would turn into a local write error, and not retried.
+                raise ConnectionLost(describe(e)) from None
 
     def _read_file(self, remote: str, size: int, local: Path, bar: _Progress) -> None:
         """`remote` into `local` by prefetched SFTP reads of READ_REQUEST_BYTES, counted by `bar`."""
