@@ -44,7 +44,8 @@ class DataConfig:
 class TrainConfig:
     """How one network is trained (used for the teacher and for the student)."""
 
-    model: str = ""
+    model: str = ""  # a registry name (training/models.py), or your own: "package.module:factory"
+    model_args: dict = field(default_factory=dict)  # keyword arguments for your own model's factory
     epochs: int = 5
     lr: float = 0.05
     optimizer: str = "sgd"  # sgd | pmw (PMW-SGD on the Linear weights, strength compress.pmw_strength) | adam | adamw
@@ -248,6 +249,15 @@ def _coerce(tp: Any, value: Any, key: str, where: str) -> Any:
         if isinstance(value, str):
             return value
         raise UserError(f"{where}: '{key}' must be a string, got {value!r}")
+    if tp is dict:
+        if from_cli:
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError:
+                raise UserError(f"{where}: '{key}' must be a JSON object, e.g. '{{\"width\": 64}}'") from None
+        if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+            return dict(value)
+        raise UserError(f"{where}: '{key}' must be a table (TOML) or a JSON object, got {value!r}")
     if typing.get_origin(tp) is list:
         item = typing.get_args(tp)[0]
         if from_cli:

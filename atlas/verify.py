@@ -18,9 +18,10 @@ from atlas.errors import UserError
 from atlas.fileio import atomic_path, read_json, require_writable, write_text
 
 
-def compare(outputs: np.ndarray, reference: np.ndarray, labels: np.ndarray) -> dict:
-    """Per-sample cosine and absolute errors (each sample's values flattened), and for class outputs [N, C] the
-    top-1 agreement and, with labels, the accuracies (plain numbers, JSON-ready; None where they do not apply)."""
+def compare(outputs: np.ndarray, reference: np.ndarray, labels: np.ndarray, classes: bool | None = None) -> dict:
+    """Per-sample cosine and absolute errors (each sample's values flattened), and for class scores [N, C]
+    (`classes`; default: any 2-D output) the top-1 agreement and, with labels, the accuracies (plain numbers,
+    JSON-ready; None where they do not apply)."""
     if outputs.shape != reference.shape:
         raise UserError(f"board outputs have shape {list(outputs.shape)}, the reference {list(reference.shape)}: "
                         "they are not outputs of the same model on the same golden inputs (deploy again)")
@@ -44,7 +45,7 @@ def compare(outputs: np.ndarray, reference: np.ndarray, labels: np.ndarray) -> d
         "mean_abs_error": float(abs_err[finite].mean()) if finite.any() else float("inf"),
         "top1_agreement": None, "top1_disagreements": None, "accuracy_reference": None, "accuracy_board": None,
     }
-    if reference.ndim == 2:  # class scores: top-1 means something
+    if (reference.ndim == 2) if classes is None else classes:  # class scores: top-1 means something
         board_top1, ref_top1 = out.argmax(axis=1), ref.argmax(axis=1)
         agree = (board_top1 == ref_top1) & finite
         metrics.update(top1_agreement=float(agree.mean()), top1_disagreements=int((~agree).sum()))
@@ -137,9 +138,11 @@ def verify(cfg: Config, run: str | Path | rf.Run) -> rf.VerifyRecord:
     for folder in folders:
         board = board_outputs(folder, len(reference))
         per_output, failed = [], []
+        # the class scores are the first [N, C] output (what the labels are of); others: cosine and errors only
+        class_output = next((i for i, r in enumerate(reference.values()) if r.ndim == 2), None)
         for index, (ref_name, ref) in enumerate(reference.items()):
             name = names[index] if index < len(names) else ref_name
-            metrics = compare(board[index], ref, labels)
+            metrics = compare(board[index], ref, labels, classes=index == class_output)
             failed += judge(metrics, cfg.verify, name if len(reference) > 1 else "")
             per_output.append({"name": name, "metrics": metrics})
         timing = read_json(folder / rf.BOARD_TIMING) if (folder / rf.BOARD_TIMING).exists() else {}

@@ -181,11 +181,11 @@ def _simplified(raw_path: Path, model_path: Path, simplify: bool, input_shapes: 
         return simplify_onnx(raw_path, model_path, input_shapes)
     import onnx
 
-    from export.static_shapes import fix_input_shapes
+    from export.static_shapes import fill_output_shapes, fix_input_shapes
 
     with atomic_path(model_path, suffix=".onnx") as tmp:
         if input_shapes:
-            onnx.save(fix_input_shapes(onnx.load(str(raw_path)), input_shapes), str(tmp))
+            onnx.save(fill_output_shapes(fix_input_shapes(onnx.load(str(raw_path)), input_shapes)), str(tmp))
         else:
             shutil.copyfile(raw_path, tmp)
     return None

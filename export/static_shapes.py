@@ -50,17 +50,14 @@ def fix_input_shapes(model: onnx.ModelProto, shapes: dict[str, list[int]]) -> on
 
 
 def fill_output_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Graph outputs left with dynamic dims after simplification get the ones shape inference finds (onnxsim can
-    leave a declared -1 batch that the onnx checker then refuses as differing from the inferred 1)."""
-    dynamic = [o for o in model.graph.output
-               if any(not (d.HasField("dim_value") and d.dim_value > 0) for d in o.type.tensor_type.shape.dim)]
-    if not dynamic:
-        return model
-    for output in dynamic:
-        output.type.tensor_type.ClearField("shape")  # let inference say, rather than conflict with a -1
+    """After the inputs were given new shapes: every graph output gets the shape inference finds from them (the
+    declared ones may be stale, or a -1 batch onnxsim leaves, which the onnx checker then refuses)."""
+    for output in model.graph.output:
+        output.type.tensor_type.ClearField("shape")  # let inference say, rather than conflict with the old one
+    del model.graph.value_info[:]
     inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
     found = {v.name: v for v in (*inferred.graph.value_info, *inferred.graph.output)}
-    for output in dynamic:
+    for output in model.graph.output:
         value = found.get(output.name)
         if value is not None and value.type.tensor_type.HasField("shape"):
             output.type.tensor_type.shape.CopyFrom(value.type.tensor_type.shape)

@@ -75,14 +75,16 @@ def model_payload(model: nn.Module, arch: dict, role: str, dataset: dict, config
     }
 
 
-def load_model(path: str | Path, expect_arch: str | None = None) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the network from a checkpoint and load its weights strictly (eval mode)."""
+def load_model(path: str | Path, expect_arch: str | None = None,
+               trusted: str | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the network from a checkpoint and load its weights strictly (eval mode). A user's model is imported
+    only when `trusted` (default `expect_arch`: what the config names) is its factory."""
     payload = load(path)
     arch = payload.get("arch") or {}
     if expect_arch is not None and arch.get("name") != expect_arch:
         raise UserError(f"{path}: checkpoint holds a '{arch.get('name')}' but the config names '{expect_arch}' "
                         "(pass the matching --config or checkpoint)")
-    model = build_model(arch)
+    model = build_model(arch, trusted=trusted or expect_arch)
     check_finite(payload.get("state_dict") or {}, path)
     try:
         model.load_state_dict(payload["state_dict"], strict=True)

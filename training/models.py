@@ -147,8 +147,22 @@ def model_names(role: str | None = None) -> list[str]:
     return [name for name, (r, _, _) in MODELS.items() if role is None or r == role]
 
 
-def make_arch(name: str, input_shape: tuple[int, int, int] | list[int], num_classes: int, **overrides) -> dict:
-    """The arch dict that rebuilds a model: {"name", "kwargs"} with every constructor argument spelled out."""
+def is_user_model(name: str) -> bool:
+    """`package.module:factory` names a user's own nn.Module factory (the registry's names have no colon)."""
+    return ":" in name
+
+
+def make_arch(name: str, input_shape: tuple[int, int, int] | list[int], num_classes: int,
+              model_args: dict | None = None, **overrides) -> dict:
+    """The arch dict that rebuilds a model: {"name", "kwargs"} with every constructor argument spelled out.
+    A user's model (`package.module:factory`, named by the config) is imported here, so a bad name fails early."""
+    if is_user_model(name):
+        c, h, w = input_shape
+        user_factory(name)
+        return {"name": name, "user_model": True, "in_channels": int(c), "image_size": int(h),
+                "num_classes": int(num_classes), "kwargs": _plain({**(model_args or {}), **overrides})}
+    if model_args:
+        raise UserError(f"model_args go with a user's model (package.module:factory); '{name}' takes none")
     if name not in MODELS:
         raise UserError(f"unknown model '{name}' (teachers: {', '.join(model_names('teacher'))}; "
                         f"students: {', '.join(model_names('student'))})")
@@ -160,7 +174,11 @@ def make_arch(name: str, input_shape: tuple[int, int, int] | list[int], num_clas
             "kwargs": _plain(kwargs)}
 
 
-def build_model(arch: dict) -> nn.Module:
+def build_model(arch: dict, trusted: str | None = None) -> nn.Module:
+    """The network of an arch dict. A user's model is built only when `trusted` names the same factory (the
+    config or the command line named it): a checkpoint alone never makes atlas-kd import code."""
+    if is_user_model(str(arch.get("name", ""))):
+        return _build_user_model(arch, trusted)
     try:
         _, factory, _ = MODELS[arch["name"]]
         return factory(arch["in_channels"], arch["image_size"], arch["num_classes"], **arch["kwargs"])
@@ -168,6 +186,48 @@ def build_model(arch: dict) -> nn.Module:
         raise UserError(f"unknown model or incomplete arch {arch!r} (missing {e})") from None
     except (TypeError, ValueError) as e:
         raise UserError(f"cannot build model {arch.get('name')!r} from {arch.get('kwargs')!r}: {e}") from None
+
+
+def user_factory(name: str) -> Callable[..., nn.Module]:
+    """Import `package.module:factory` (from the current folder or the installed packages): this runs the user's
+    code, which is why only a name the config or the command line gives is imported."""
+    import importlib
+    import sys
+
+    module_name, _, attr = name.partition(":")
+    if not module_name or not attr or not all(part.isidentifier() for part in (*module_name.split("."), attr)):
+        raise UserError(f"model {name!r}: a user's model is named package.module:factory")
+    if "" not in sys.path and "." not in sys.path:
+        sys.path.insert(0, "")  # the current folder, as `python -m` has it
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise UserError(f"model {name!r}: cannot import {module_name} ({e})") from None
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise UserError(f"model {name!r}: {module_name} has no callable {attr}")
+    return factory
+
+
+def _build_user_model(arch: dict, trusted: str | None) -> nn.Module:
+    import inspect
+
+    name = arch["name"]
+    if trusted != name:
+        raise UserError(f"this checkpoint holds a user's model ({name}); atlas-kd imports a model's code only when "
+                        f"the config names it: set student.model (or teacher.model) = \"{name}\" and pass --config")
+    factory = user_factory(name)
+    given = {"in_channels": arch["in_channels"], "image_size": arch["image_size"], "num_classes": arch["num_classes"]}
+    try:
+        params = inspect.signature(factory).parameters
+        takes_any = any(p.kind == p.VAR_KEYWORD for p in params.values())
+        kwargs = {**{k: v for k, v in given.items() if takes_any or k in params}, **arch.get("kwargs", {})}
+        model = factory(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise UserError(f"model {name!r}: the factory failed with {arch.get('kwargs')}: {e}") from None
+    if not isinstance(model, nn.Module):
+        raise UserError(f"model {name!r}: the factory returned a {type(model).__name__}, not a torch nn.Module")
+    return model
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -29,7 +29,7 @@ from training.channel_blocks import C0, block_summary, describe
 from training.data import load_data
 from training.distill import KDSetup, accuracy, at_chance_level, fit, predict, resolve_device, to_splits
 from training.latency import onnx_latency_ms, round_ratios
-from training.models import count_parameters
+from training.models import count_parameters, is_user_model
 from training.pruning import apply_masks, keep_masked, linear_weights, magnitude_masks, sparsity_of
 from training.slimming import count_macs, prune_channels
 
@@ -59,7 +59,7 @@ def prune(cfg: Config, run: str | Path | rf.Run, out_dir: str | Path | None = No
     _check_options(fraction, fc_sparsity, fc_scope, epochs, cfg.compress.finetune_lr, widths)
     _check_out_dir(run_dir, out_dir)
     device = resolve_device(cfg.device)  # fine-tuning's; export, latency and the checkpoint stay on the CPU
-    student, payload = checkpoint.load_model(run_dir / rf.STUDENT)
+    student, payload = checkpoint.load_model(run_dir / rf.STUDENT, trusted=cfg.student.model)
     if cfg.data.dataset != payload["dataset"]:  # fine-tuning and accuracy use the student's own data set
         raise UserError(f"the student in {run_dir} was trained on {payload['dataset']}, not {cfg.data.dataset}: "
                         f"drop --data-dataset (prune fine-tunes and measures on the student's data set)")
@@ -75,7 +75,7 @@ def prune(cfg: Config, run: str | Path | rf.Run, out_dir: str | Path | None = No
     if epochs and not teacher_path.is_file():
         raise UserError(f"{run_dir} has no teacher.pt, which KD fine-tuning needs: copy the run's teacher there, "
                         "or prune without fine-tuning (--epochs 0)")
-    teacher = _read_teacher(teacher_path, payload) if teacher_path.exists() else None
+    teacher = _read_teacher(teacher_path, payload, cfg.teacher.model) if teacher_path.exists() else None
 
     data = load_data(cfg.data, name=payload["dataset"], progress=False)
     train_split, test_split = to_splits(data, device)
@@ -214,9 +214,9 @@ def _check_out_dir(run_dir: Path, out_dir: Path) -> None:
                         "beside its final place, then renamed): choose an --out whose parent you can write")
 
 
-def _read_teacher(path: Path, student_payload: dict) -> torch.nn.Module:
+def _read_teacher(path: Path, student_payload: dict, trusted: str) -> torch.nn.Module:
     """The run's teacher, read before any work so that a bad one stops us early (and is never copied on)."""
-    teacher, payload = checkpoint.load_model(path)
+    teacher, payload = checkpoint.load_model(path, trusted=trusted)
     for key in ("dataset", "input_shape", "num_classes"):
         if payload.get(key) != student_payload.get(key):
             raise UserError(f"{path} does not match the student: {key} {payload.get(key)!r} vs "
@@ -266,6 +266,9 @@ def _remove_channels(student: torch.nn.Module, arch: dict, fraction: float, alig
     widths = channel_blocks.conv_widths(student)
     if not fraction and not kept_widths:
         return copy.deepcopy(student).eval(), arch, [torch.arange(w) for w in widths], 0.0
+    if is_user_model(arch["name"]):
+        raise UserError(f"channel pruning rebuilds a model from the widths in its arch; your own model "
+                        f"({arch['name']}) has none: prune its FC weights instead (--channels 0 --fc-sparsity F)")
     # refuses unprunable models early
     pruned, new_arch, keep = prune_channels(student, arch, fraction, align, widths=kept_widths)
     removed = 1 - sum(len(k) for k in keep) / sum(widths)

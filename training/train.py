@@ -30,7 +30,7 @@ PHASES = ("teacher", "student", "baseline")
 def _check_config(cfg: Config) -> None:
     for role in ("teacher", "student"):
         spec = getattr(cfg, role)
-        make_arch(spec.model, (1, 28, 28), 10)  # validates the name early, before any data is read
+        make_arch(spec.model, (1, 28, 28), 10, spec.model_args)  # validates the name early, before any data is read
         if spec.epochs < 1:
             raise UserError(f"{role}.epochs must be >= 1 (got {spec.epochs})")
         if spec.optimizer not in OPTIMIZERS:
@@ -92,14 +92,14 @@ def train(cfg: Config, run: str | Path | rf.Run, *, resume: bool = False, progre
 
     def run_phase(role: str, spec, kd: KDSetup | None, seed_offset: int, views: AugmentViews | None = None) -> None:
         final = run_dir / rf.CHECKPOINTS[role]
-        arch = make_arch(spec.model, data.info.input_shape, data.info.num_classes)
+        arch = make_arch(spec.model, data.info.input_shape, data.info.num_classes, spec.model_args)
         if resume and final.exists():
             model, payload = checkpoint.load_model(final, expect_arch=spec.model)
             models[role], results[role] = model.to(device), payload["metrics"]
             log(f"{role}: already trained ({final}), skipping")
             return
         torch.manual_seed(cfg.seed + seed_offset)  # same init for student and baseline (same offset)
-        model = build_model(arch).to(device)
+        model = build_model(arch, trusted=spec.model).to(device)
         # Network slimming: the L1 term on BN scale factors shapes the student (and, for a fair comparison,
         # the baseline) for channel pruning later; the teacher is never slimmed.
         slim = bn_l1_penalty(cfg.compress.slim) if cfg.compress.slim and role != "teacher" else None
@@ -122,7 +122,7 @@ def train(cfg: Config, run: str | Path | rf.Run, *, resume: bool = False, progre
 
     # Teacher: trained here, or reused from --teacher (copied in so the run folder stands alone).
     if teacher_path is not None:
-        teacher, payload = checkpoint.load_model(teacher_path)
+        teacher, payload = checkpoint.load_model(teacher_path, trusted=cfg.teacher.model)
         if payload["dataset"].replace("-sample", "") != cfg.data.dataset.replace("-sample", "") or \
                 list(payload["input_shape"]) != list(data.info.input_shape):
             raise UserError(f"{teacher_path}: teacher was trained on {payload['dataset']} "

@@ -127,15 +127,15 @@ def _shape(shape):
 
 
 def run_passes(session, inputs, loop, progress, batch=None):
-    """Run the inputs through the model `loop` times; returns (outputs of the first pass as float32, timings).
+    """Run the inputs through the model `loop` times; returns (every output of the first pass as float32, in model
+    output order, and the timings).
 
     Full batches run at `batch` (default: the model's, the largest profile of a dynamic one); the last partial
     batch runs at the smallest batch that holds it (a profile of a dynamic-batch .om), zero-padded."""
     batch = batch or session.input.batch
     count = inputs.shape[0]
     executions = int(math.ceil(count / float(batch)))
-    output = session.outputs[0]
-    results = np.empty((count,) + tuple(output.dims[1:]), dtype=np.float32)
+    results = [np.empty((count,) + tuple(output.dims[1:]), dtype=np.float32) for output in session.outputs]
     copy_in_s, execute_s, copy_out_s = [], [], []
     by_batch, padded_rows = {}, 0
     started = time.perf_counter()
@@ -152,7 +152,8 @@ def run_passes(session, inputs, loop, progress, batch=None):
             by_batch[run_rows] = by_batch.get(run_rows, 0) + 1
             padded_rows += run_rows - (last - first)
             if loop_index == 0:
-                results[first:last] = model_outputs[0][:last - first].astype(np.float32)
+                for result, model_output in zip(results, model_outputs):
+                    result[first:last] = model_output[:last - first].astype(np.float32)
             progress(loop_index * executions + step + 1, loop * executions)
     total_s = time.perf_counter() - started
     return results, {"copy_in": copy_in_s, "execute": execute_s, "copy_out": copy_out_s, "total": total_s,
@@ -242,6 +243,14 @@ def write_atomically(path, write):
         raise UsageError("cannot write %s: %s" % (path, e.strerror or e))
 
 
+def write_outputs(f, outputs, path):
+    """One output as a .npy; an .npz path holds every output, named output_0, output_1, ... in model order."""
+    if path.endswith(".npz"):
+        np.savez(f, **dict(("output_%d" % i, o) for i, o in enumerate(outputs)))
+    else:
+        np.save(f, outputs[0])
+
+
 def run(args):
     head = read_model_head(args.model)
     inputs = load_inputs(args.input)
@@ -254,15 +263,16 @@ def run(args):
     try:
         session.open()
         check_inputs_fit(inputs, args.input, session.input, args.batch, session.profiles)
-        if len(session.outputs) > 1:
-            print("%s: the model has %d outputs; writing output 0" % (PROG, len(session.outputs)))
+        if len(session.outputs) > 1 and not args.output.endswith(".npz"):
+            raise UsageError("the model has %d outputs: pass --output FILE.npz (one array per output)"
+                             % len(session.outputs))
         outputs, timings = run_passes(session, inputs, args.loop, make_progress(sys.stdout), args.batch)
     finally:
         for warning in session.close():
             sys.stderr.write("%s: warning: release failed: %s\n" % (PROG, warning))
 
     report = timing_report(args, session, inputs, timings, "sim" if sim else "real")
-    write_atomically(args.output, lambda f: np.save(f, outputs))
+    write_atomically(args.output, lambda f: write_outputs(f, outputs, args.output))
     write_atomically(args.timing, lambda f: f.write((json.dumps(report, indent=2) + "\n").encode("utf-8")))
     print("%s: done: %d samples x %d loop, batch %d, %d executions; execute p50 %.3f ms, p99 %.3f ms; "
           "%.1f images/s; load %.1f ms (acl %s, %s); wrote %s and %s"
