@@ -255,6 +255,7 @@ PROBES = {
     "E45": lambda tmp: process_report(10, subscribe=False),
     "E46": lambda tmp: process_report(10),
     "E47": lambda tmp: hbm_info(),
+    "E48": lambda tmp: acl.mdl.get_input_index_by_name(loaded(tmp).desc, "ascend_mbatch_shape_data")[1],
 }
 
 
