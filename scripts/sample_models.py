@@ -90,6 +90,9 @@ SAMPLES = [
     Sample("inceptionv2_picture", "contrib/inceptionv2_picture", "model/frozen_graph-inception-resnet-test1.om",
            "classifier:input:299x299x3:6::nhwc", ("--input_format=ND",), ("src/classify.py", "../data"), "data",
            ("cv2",)),
+    Sample("YOLOV4_coco_detection_picture", "level2_simple_inference/2_object_detection/YOLOV4_coco_detection_picture",
+           "model/yolov4_bs1.om", "yolo_heads:input:3x608x608:255:19,38,76", ("--input_format=NCHW",),
+           ("src/yolov4.py",), "data", ("cv2",)),
     Sample("bert_text_classification", "level2_simple_inference/5_nlp/bert_text_classification",
            "model/bert_text_classification.om", "two_vectors:input_1,input_2:300:5",
            ("--input_format=ND",), ("src/bert_text_classification.py",),
@@ -176,8 +179,26 @@ def conv_map(spec: str) -> onnx.ModelProto:
     return _model(nodes, [(name, [1, c, h, w])], [("map", [1, oc, oh, ow])], inits)
 
 
+def yolo_heads(spec: str) -> onnx.ModelProto:
+    """`yolo_heads:NAME:CxHxW:CHANNELS:S1,S2,S3`: three YOLO feature maps of S x S cells from one strided Conv each
+    (the objectness channels biased low, so the sample's Python NMS has few boxes to sort)."""
+    _, name, chw, channels, sizes = spec.split(":")
+    c, h, w = (int(d) for d in chw.split("x"))
+    rng, nodes, inits, outputs = np.random.default_rng(0), [], [], []
+    bias = np.zeros(int(channels), np.float32)
+    bias[4::int(channels) // 3] = -12.0
+    for index, size in enumerate(int(v) for v in sizes.split(",")):
+        stride = h // size
+        nodes.append(helper.make_node("Conv", [name, f"w{index}", f"b{index}"], [f"head{index}"], name=f"head{index}",
+                                      kernel_shape=[stride, stride], strides=[stride, stride]))
+        inits += [numpy_helper.from_array(_weights(rng, int(channels), c, stride, stride), f"w{index}"),
+                  numpy_helper.from_array(bias, f"b{index}")]
+        outputs.append((f"head{index}", [1, int(channels), size, size]))
+    return _model(nodes, [(name, [1, c, h, w])], outputs, inits)
+
+
 STAND_INS = {"classifier": classifier, "image_to_image": image_to_image, "two_vectors": two_vectors,
-             "conv_map": conv_map}
+             "conv_map": conv_map, "yolo_heads": yolo_heads}
 
 
 def _model(nodes, inputs, outputs, inits) -> onnx.ModelProto:
@@ -239,8 +260,10 @@ def run(sample: Sample, folder: Path) -> dict:
     if missing:
         return {"sample": sample.name, "result": "skipped", "why": f"needs {', '.join(missing)}"}
     records = folder / "records"
-    # the emulator is `acl`; ATLAS_KD_SAMPLES_SITE holds what the samples import that this venv lacks (cv2)
-    paths = [str(REPO / "atlas" / "sim"), str(REPO), os.environ.get("ATLAS_KD_SAMPLES_SITE", "")]
+    # the emulator is `acl`; ACLLite is on PYTHONPATH as its README sets the board up (common/acllite/README.md);
+    # ATLAS_KD_SAMPLES_SITE holds what the samples import that this venv lacks (cv2)
+    acllite = folder.parents[len(Path(sample.path).parts) - 1] / "common" / "acllite"
+    paths = [str(REPO / "atlas" / "sim"), str(REPO), str(acllite), os.environ.get("ATLAS_KD_SAMPLES_SITE", "")]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, paths)),
            "ATLAS_KD_SIM_ACL_RECORD": str(records), "ATLAS_KD_SIM_ACL_STATS": str(folder / "acl-stats.json")}
     script, *args = sample.command
