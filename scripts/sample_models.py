@@ -93,6 +93,10 @@ SAMPLES = [
     Sample("YOLOV4_coco_detection_picture", "level2_simple_inference/2_object_detection/YOLOV4_coco_detection_picture",
            "model/yolov4_bs1.om", "yolo_heads:input:3x608x608:255:19,38,76", ("--input_format=NCHW",),
            ("src/yolov4.py",), "data", ("cv2",)),
+    Sample("edge_detection_picture", "contrib/edge_detection_picture", "model/rcf.om",
+           "strided_heads:data:3x512x512:1:1/1,2/2,4/4,8/8,16/8",
+           ("--input_fp16_nodes=data", "--input_format=NCHW", "--output_type=FP32"), ("src/main.py",), "data",
+           ("cv2",)),
     Sample("bert_text_classification", "level2_simple_inference/5_nlp/bert_text_classification",
            "model/bert_text_classification.om", "two_vectors:input_1,input_2:300:5",
            ("--input_format=ND",), ("src/bert_text_classification.py",),
@@ -184,21 +188,36 @@ def yolo_heads(spec: str) -> onnx.ModelProto:
     (the objectness channels biased low, so the sample's Python NMS has few boxes to sort)."""
     _, name, chw, channels, sizes = spec.split(":")
     c, h, w = (int(d) for d in chw.split("x"))
-    rng, nodes, inits, outputs = np.random.default_rng(0), [], [], []
     bias = np.zeros(int(channels), np.float32)
     bias[4::int(channels) // 3] = -12.0
-    for index, size in enumerate(int(v) for v in sizes.split(",")):
-        stride = h // size
+    strides = [h // int(size) for size in sizes.split(",")]
+    return _heads(name, (c, h, w), int(channels), [(s, s) for s in strides], bias)
+
+
+def strided_heads(spec: str) -> onnx.ModelProto:
+    """`strided_heads:NAME:CxHxW:CHANNELS:K/S,K/S,...`: one output per kernel/stride pair, each one Conv of the
+    input (side outputs at several scales, like an edge detector's)."""
+    _, name, chw, channels, pairs = spec.split(":")
+    c, h, w = (int(d) for d in chw.split("x"))
+    kernels = [tuple(int(v) for v in pair.split("/")) for pair in pairs.split(",")]
+    return _heads(name, (c, h, w), int(channels), kernels, np.zeros(int(channels), np.float32))
+
+
+def _heads(name: str, chw, channels: int, kernels, bias) -> onnx.ModelProto:
+    c, h, w = chw
+    rng, nodes, inits, outputs = np.random.default_rng(0), [], [], []
+    for index, (kernel, stride) in enumerate(kernels):
         nodes.append(helper.make_node("Conv", [name, f"w{index}", f"b{index}"], [f"head{index}"], name=f"head{index}",
-                                      kernel_shape=[stride, stride], strides=[stride, stride]))
-        inits += [numpy_helper.from_array(_weights(rng, int(channels), c, stride, stride), f"w{index}"),
+                                      kernel_shape=[kernel, kernel], strides=[stride, stride]))
+        inits += [numpy_helper.from_array(_weights(rng, channels, c, kernel, kernel), f"w{index}"),
                   numpy_helper.from_array(bias, f"b{index}")]
-        outputs.append((f"head{index}", [1, int(channels), size, size]))
+        size = (h - kernel) // stride + 1, (w - kernel) // stride + 1
+        outputs.append((f"head{index}", [1, channels, *size]))
     return _model(nodes, [(name, [1, c, h, w])], outputs, inits)
 
 
 STAND_INS = {"classifier": classifier, "image_to_image": image_to_image, "two_vectors": two_vectors,
-             "conv_map": conv_map, "yolo_heads": yolo_heads}
+             "conv_map": conv_map, "yolo_heads": yolo_heads, "strided_heads": strided_heads}
 
 
 def _model(nodes, inputs, outputs, inits) -> onnx.ModelProto:
