@@ -410,12 +410,18 @@ def build_atc_command(onnx_path: str | Path, output: str | Path, *, atc: str | S
     return argv + options
 
 
+def dynamic_option(extra: Sequence[str]) -> str | None:
+    """The dynamic-shape option (dynamic_batch_size, dynamic_image_size) among extra ATC options, if any."""
+    names = {option_name(word) for word in extra}
+    return next((name for name in DYNAMIC_OPTIONS if name in names), None)
+
+
 def _check_dynamic_inputs(onnx_path, inputs: Sequence[OnnxInput], options: set[str | None]) -> None:
     """A -1 dim needs --input_shape to fix it, or a dynamic option whose axes it is (atc_rules.dynamic_axes): then
     --input_shape keeps the -1 there, as ATC takes it (spec §2.2)."""
     if "input_shape" in options:
         return
-    option = next((name for name in DYNAMIC_OPTIONS if name in options), None)
+    option = next((name for name in DYNAMIC_OPTIONS if name in options), None)  # = dynamic_option, on names
     for item in inputs:
         axes = [axis for axis, d in enumerate(item.dims) if d == -1]
         if axes and (option is None or axes != list(dynamic_axes(option, len(item.dims)))):

@@ -276,7 +276,8 @@ def describe(inspection: Inspection) -> str:
                          f"{meta.get('precision_mode')}  fp16 numerics {meta.get('fp16')}")
             lines += [f"  input   {_tensor_line(t)}" for t in meta.get("inputs", [])]
             lines += [f"  output  {_tensor_line(t)}" for t in meta.get("outputs", [])]
-            lines.append(f"  source  {meta.get('source_onnx')} (sha256 {str(meta.get('source_onnx_sha256'))[:16]}...)")
+            lines.append(f"  source  ONNX sha256 {str(meta.get('source_onnx_sha256'))[:16]}... (the build record beside "
+                         "the .om, atc.json, names the file)")
             aipp = meta.get("aipp")
             lines.append(f"  AIPP    {_aipp_line(aipp)}")
             lines.append(f"  payload {r.get('payload_bytes', 0):,} bytes of ONNX prepared for float16 execution")

@@ -47,7 +47,7 @@ def build_om(cfg: Config, run: str | Path | rf.Run, *, echo: TextIO | None = Non
     run.create()
     inputs = atc_tool.read_onnx_inputs(onnx_path)
     if om.lint:
-        lint_or_fail(onnx_path, cfg.deploy.memory_mib)
+        lint_or_fail(onnx_path, cfg.deploy.memory_mib, atc_tool.dynamic_option(om.extra))
     aipp, aipp_path = prepare_aipp(run, om, export, inputs)
     if om.soc_version != "Ascend310":
         print(f"note: --soc_version {om.soc_version}; the Atlas 200 DK is Ascend310 (spec §1)", file=sys.stderr)
@@ -116,10 +116,10 @@ def _finish(om: OmConfig, run: rf.Run, conversion: atc_tool.Conversion, onnx_pat
     return record
 
 
-def lint_or_fail(onnx_path: Path, board_memory_mib: int) -> None:
+def lint_or_fail(onnx_path: Path, board_memory_mib: int, dynamic_option: str | None = None) -> None:
     from export.lint import has_errors, lint_file
 
-    findings = lint_file(onnx_path, board_memory_mib=board_memory_mib)
+    findings = lint_file(onnx_path, board_memory_mib=board_memory_mib, dynamic_option=dynamic_option)
     if has_errors(findings):
         errors = [f for f in findings if f.severity == "error"]
         first = errors[0]

@@ -22,7 +22,7 @@ from google.protobuf.descriptor import FieldDescriptor
 from onnx import AttributeProto, TensorProto, helper, numpy_helper
 
 from atlas import atc_ops, protowire
-from atlas.atc_rules import (BOARD_MEMORY_MIB, DEFAULT_DOMAINS, DEFAULT_MAX_BOARD_BYTES, ERROR, LARGE_TENSOR_BYTES,
+from atlas.atc_rules import (BOARD_MEMORY_MIB, dynamic_axes, DEFAULT_DOMAINS, DEFAULT_MAX_BOARD_BYTES, ERROR, LARGE_TENSOR_BYTES,
                              NEWER_CANN_OPSETS, PROTOBUF_LIMIT_BYTES, RULES, SUPPORTED_OPSET, UNREADABLE_RULES,
                              WARNING)
 
@@ -104,7 +104,7 @@ def exit_code(findings: Iterable[Finding]) -> int:
 
 
 def lint_file(path: str | os.PathLike, *, max_board_bytes: int = DEFAULT_MAX_BOARD_BYTES,
-              board_memory_mib: int = BOARD_MEMORY_MIB) -> list[Finding]:
+              board_memory_mib: int = BOARD_MEMORY_MIB, dynamic_option: str | None = None) -> list[Finding]:
     """Lint an ONNX file; never raises on a bad file (unreadable files give a finding in UNREADABLE_RULES)."""
     path = Path(path)
     target = f"file '{path}'"
@@ -130,7 +130,7 @@ def lint_file(path: str | os.PathLike, *, max_board_bytes: int = DEFAULT_MAX_BOA
         return [problem]
     try:
         return _lint(model, path.parent, max_board_bytes=max_board_bytes, model_bytes=size,
-                     board_memory_mib=board_memory_mib)
+                     board_memory_mib=board_memory_mib, dynamic_option=dynamic_option)
     except Exception as e:  # a lint bug must not hide the model's other findings behind a traceback
         return [_crash_finding("lint", "model", e)]
 
@@ -195,12 +195,14 @@ def _classify_wire_format(data: bytes) -> str:
 
 
 def lint_model(model: onnx.ModelProto, model_dir: Path | None = None, *,
-               max_board_bytes: int = DEFAULT_MAX_BOARD_BYTES, board_memory_mib: int = BOARD_MEMORY_MIB) -> list[Finding]:
+               max_board_bytes: int = DEFAULT_MAX_BOARD_BYTES, board_memory_mib: int = BOARD_MEMORY_MIB,
+               dynamic_option: str | None = None) -> list[Finding]:
     """Lint a parsed model (its external data not loaded). `model_dir` is where external data would live; without
     it, external files are not looked at. Never raises on a weird model."""
     try:
         return _lint(model, Path(model_dir) if model_dir is not None else None,
-                     max_board_bytes=max_board_bytes, model_bytes=None, board_memory_mib=board_memory_mib)
+                     max_board_bytes=max_board_bytes, model_bytes=None, board_memory_mib=board_memory_mib,
+                     dynamic_option=dynamic_option)
     except Exception as e:
         return [_crash_finding("lint", "model", e)]
 
@@ -216,7 +218,8 @@ def _crash_finding(rule_name: str, target: str, e: Exception) -> Finding:
 
 
 def _lint(model: onnx.ModelProto, model_dir: Path | None, *, max_board_bytes: int,
-          model_bytes: int | None, board_memory_mib: int = BOARD_MEMORY_MIB) -> list[Finding]:
+          model_bytes: int | None, board_memory_mib: int = BOARD_MEMORY_MIB,
+          dynamic_option: str | None = None) -> list[Finding]:
     findings: list[Finding] = []
 
     def run_rule(name: str, fn: Callable[..., Iterable[Finding]], *args) -> None:
@@ -236,7 +239,7 @@ def _lint(model: onnx.ModelProto, model_dir: Path | None, *, max_board_bytes: in
     opset = _default_opset(model)
     context = _ModelContext(model, opset)
     run_rule("opset", _check_opset, model)
-    run_rule("graph inputs and outputs", _check_graph_io, model.graph)
+    run_rule("graph inputs and outputs", _check_graph_io, model.graph, dynamic_option)
     run_rule("node names", _check_node_names, model.graph)
     run_rule("operators", _check_nodes, model, context)
     run_rule("Shape chains", _check_shape_chains, model.graph)
@@ -281,7 +284,7 @@ def _check_opset(model: onnx.ModelProto) -> Iterator[Finding]:
                            f"[ai.onnx::{version}::<OpType>]]` (spec §1)", hint)
 
 
-def _check_graph_io(graph: onnx.GraphProto) -> Iterator[Finding]:
+def _check_graph_io(graph: onnx.GraphProto, dynamic_option: str | None = None) -> Iterator[Finding]:
     initializers = {t.name for t in graph.initializer}
     inputs = [i for i in graph.input if i.name not in initializers or not i.name]
     if not inputs:
@@ -298,10 +301,11 @@ def _check_graph_io(graph: onnx.GraphProto) -> Iterator[Finding]:
                 yield _finding("io-name-empty", target, f"graph {kind} #{index} has no name; ATC's "
                                "--input_shape and --out_nodes address tensors by name (spec §2.2)",
                                f"name the {kind}, e.g. torch.onnx.export(..., {kind}_names=[...])")
-            yield from _check_io_type(kind, value, target)
+            yield from _check_io_type(kind, value, target, dynamic_option)
 
 
-def _check_io_type(kind: str, value: onnx.ValueInfoProto, target: str) -> Iterator[Finding]:
+def _check_io_type(kind: str, value: onnx.ValueInfoProto, target: str,
+                   dynamic_option: str | None = None) -> Iterator[Finding]:
     if value.type.WhichOneof("value") != "tensor_type":
         yield _finding("io-dtype-unsupported", target, f"the {kind} is not a tensor (ATC takes fp32/fp16 "
                        "tensors, spec §5)", "make the model's inputs and outputs plain float32 tensors")
@@ -334,13 +338,15 @@ def _check_io_type(kind: str, value: onnx.ValueInfoProto, target: str) -> Iterat
         yield _finding("input-dynamic-dim", target, "the input has no shape at all; ATC on Ascend 310 needs "
                        "static shapes", hint)
         return
+    allowed = dynamic_axes(dynamic_option, len(tensor_type.shape.dim)) if dynamic_option else ()
     for axis, dim in enumerate(tensor_type.shape.dim):
-        if dim.HasField("dim_value") and dim.dim_value > 0:
-            continue
+        if (dim.HasField("dim_value") and dim.dim_value > 0) or axis in allowed:
+            continue  # static, or an axis ATC's dynamic option (--dynamic_batch_size ...) covers
         what = (f"symbolic dim '{dim.dim_param}'" if dim.HasField("dim_param") and dim.dim_param
                 else f"dim {dim.dim_value}" if dim.HasField("dim_value") else "an unknown dim")
-        yield _finding("input-dynamic-dim", target, f"axis {axis} is {what}; ATC on Ascend 310 needs static "
-                       "shapes (spec §5 model-level rules)", hint)
+        yield _finding("input-dynamic-dim", _Target(str(target), **getattr(target, "subject", {}), axis=axis),
+                       f"axis {axis} is {what}; ATC on Ascend 310 needs static shapes, or a dynamic option "
+                       "for the batch or image size (spec §5 model-level rules)", hint)
 
 
 def _check_node_names(graph: onnx.GraphProto) -> Iterator[Finding]:
@@ -1162,6 +1168,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-board-bytes", type=_positive_int, default=DEFAULT_MAX_BOARD_BYTES,
                         help="warn above this model size (model + external data); default %(default)s, "
                              "our assumption for an Atlas 200 DK")
+    dynamic = parser.add_mutually_exclusive_group()
+    dynamic.add_argument("--dynamic-batch-size", metavar="B1,B2,...", help="the model will be built with ATC's "
+                         "--dynamic_batch_size: a dynamic batch axis is fine")
+    dynamic.add_argument("--dynamic-image-size", metavar="H1,W1;H2,W2", help="likewise --dynamic_image_size: "
+                         "dynamic H and W of a 4-D input are fine")
     parser.add_argument("--board-memory-mib", type=_positive_int, default=BOARD_MEMORY_MIB,
                         help="the board's memory (MiB): a tensor larger than this is an error; default %(default)s, "
                              "an Atlas 200 DK's 8 GB")
@@ -1169,7 +1180,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Exit 0: no errors; 1: errors; 2: the file could not be read."""
-    findings = lint_file(args.model, max_board_bytes=args.max_board_bytes, board_memory_mib=args.board_memory_mib)
+    option = ("dynamic_batch_size" if args.dynamic_batch_size else
+              "dynamic_image_size" if args.dynamic_image_size else None)
+    findings = lint_file(args.model, max_board_bytes=args.max_board_bytes, board_memory_mib=args.board_memory_mib,
+                         dynamic_option=option)
     if args.json:
         print(json.dumps(report_dict(findings, args.model), indent=2))
     else:

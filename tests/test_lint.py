@@ -804,3 +804,17 @@ def test_clean_torch_cnn_exported_at_opset_11_and_simplified_has_no_errors(tmp_p
     findings = lint_file(path)
     assert not has_errors(findings), format_findings(findings)
     assert main(["lint", str(path)]) == 0
+
+
+def test_a_dynamic_batch_is_fine_under_atcs_dynamic_batch_option_and_only_the_batch(tmp_path, capsys):
+    from atlas.cli import main
+
+    path = _save(_model([helper.make_node("Relu", ["input"], ["out"], name="relu")], [_io("input", ["n", 3, 8, 8])],
+                        [_io("out", ["n", 3, 8, 8])]), tmp_path)
+    assert "input-dynamic-dim" in {f.rule for f in lint_file(path)}  # negative control: no option, an error
+    assert [f for f in lint_file(path, dynamic_option="dynamic_batch_size") if f.severity == "error"] == []
+    (finding,) = [f for f in lint_file(path, dynamic_option="dynamic_image_size") if f.rule == "input-dynamic-dim"]
+    assert finding.subject["axis"] == 0  # the image-size option covers H and W, not the batch
+    assert main(["lint", str(path), "--dynamic-batch-size", "1,2,4"]) == 0
+    assert main(["om", "--onnx", str(path), "--run", str(tmp_path / "run"), "--sim",
+                 "--atc-arg=--dynamic_batch_size=1,2,4"]) == 0, capsys.readouterr().err
