@@ -68,12 +68,12 @@ def sim_meta(batch: int, aipp: bool = False, output_dtype: str = "float32", fp16
 def write_sim_om(path: Path, batch: int, aipp: bool = False, output_dtype: str = "float32",
                  fp16: bool = False) -> Path:
     """A sim .om of the tiny CNN; `fp16` prepares the payload for float16 numerics as atc-sim does
-    (atlas/sim/fp16.py), otherwise the payload is the plain fp32 ONNX (exact comparisons)."""
+    (atlas/fp16.py), otherwise the payload is the plain fp32 ONNX (exact comparisons)."""
     payload = build_tiny_cnn_onnx(batch)
     if fp16:
         import onnx
 
-        from atlas.sim.fp16 import prepare_for_fp16
+        from atlas.fp16 import prepare_for_fp16
 
         payload = prepare_for_fp16(onnx.load_from_string(payload),
                                    output_fp16=output_dtype == "float16").SerializeToString()

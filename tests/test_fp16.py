@@ -1,4 +1,4 @@
-"""Preparing an ONNX model for float16 execution (atlas/sim/fp16.py): spec/atc.md §7 force_fp16 numerics."""
+"""Preparing an ONNX model for float16 execution (atlas/fp16.py): spec/atc.md §7 force_fp16 numerics."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,7 +7,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from atlas.sim.fp16 import prepare_for_fp16, round_to_fp16
+from atlas.fp16 import prepare_for_fp16, round_to_fp16
 from test_atc_sim import tiny_cnn
 
 R = round_to_fp16
