@@ -8,6 +8,7 @@ The pipeline, in order (docs/architecture.md has what each reads and writes in t
     om       atlas/om_stage.py      build_om(cfg, run)   -> model.om, atc.json
     deploy   atlas/deploy.py        deploy(cfg, run)     -> board/, deploy.json
     verify   atlas/verify.py        verify(cfg, run)     -> verify.json, report.md
+    locate   atlas/locate.py        prepare, om, deploy, judge -> locate.json, locate.csv, locate.png
 
 Every stage gets its config and run folder the same way (`config_and_run`): the run folder is `--run`, else
 `runs/<config name>`; the config is `--config`, else the run's config.json, else the defaults, then the command
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Callable
@@ -254,9 +256,15 @@ def _deploy(args: argparse.Namespace) -> int:
 
 def _verify_options(p: argparse.ArgumentParser) -> None:
     _run_option(p)
-    add_config_arguments(p, sections=["verify"], aliases=(
+    _trust_option(p)
+    add_config_arguments(p, sections=["verify", "locate", "om", "deploy"], aliases=(
         Alias("--board-dir", "verify.board_dir", help="folder with the board's outputs.npy (default: from "
               "deploy.json)", metavar="DIR"),
+        Alias("--locate", "verify.locate", "true", help="on a FAIL, find the first tensor that diverges (locate)"),
+        Alias("--sim", "om.sim", "true", help="with --locate: build with atc-sim (for the sim board)"),
+        Alias("--board", "deploy.boards", "list", help="with --locate: the board (default: the one deploy.json "
+              "names)", metavar="BOARD"),
+        *SSH_ALIASES,
     ))
 
 
@@ -264,7 +272,83 @@ def _verify(args: argparse.Namespace) -> int:
     from atlas.verify import verify
 
     cfg, run, _ = config_and_run(args)
-    verify(cfg, run)
+    try:
+        verify(cfg, run)
+    except UserError as e:
+        if e.exit_code != 1 or not cfg.verify.locate:
+            raise
+        print(f"atlas-kd verify: error: {e.message}", file=sys.stderr)
+        print("verify --locate: looking for the first tensor that diverges", flush=True)
+        run_locate(cfg, run, trust_new_host=getattr(args, "trust_new_host", False))
+        return 1  # verify failed, whatever locate found
+    return 0
+
+
+# --- locate: the derived run R/locate/ through om and deploy, then judged ------------------------------------
+
+def _locate_options(p: argparse.ArgumentParser) -> None:
+    _run_option(p)
+    _trust_option(p)
+    add_config_arguments(p, sections=["locate", "om", "deploy"], aliases=(
+        Alias("--count", "locate.count", help="golden inputs the board runs", metavar="N"),
+        Alias("--layers", "locate.layers", help="node names to observe, comma-separated (default: every node)",
+              metavar="NODE,..."),
+        Alias("--bisect", "locate.bisect", "true", help="prefix models cut at a tensor, narrowing to the first "
+              "bad node (when extra outputs change what ATC fuses)"),
+        Alias("--sim", "om.sim", "true", help="build with atc-sim (for the sim board)"),
+        Alias("--board", "deploy.boards", "list", help="the board (default: the one deploy.json names)",
+              metavar="BOARD"),
+        *SSH_ALIASES,
+    ))
+
+
+def _locate(args: argparse.Namespace) -> int:
+    cfg, run, _ = config_and_run(args)
+    return run_locate(cfg, run, trust_new_host=args.trust_new_host)
+
+
+def run_locate(cfg: Config, run: Path, *, trust_new_host: bool = False) -> int:
+    """prepare (locate) -> om -> deploy -> judge (locate); with --bisect, once per probe. Exit 1 on a divergence."""
+    import dataclasses
+
+    from atlas import locate
+    from atlas.deploy import deploy
+    from atlas.om_stage import build_om
+
+    if not cfg.deploy.boards:
+        boards = [b["board"] for b in (rf.DeployRecord.read_unchecked(run) or {}).get("boards", [])
+                  if b.get("status") == "ok"][:1]
+        if not boards:
+            raise UserError("locate runs on a board: pass --board BOARD (or deploy the run first)")
+        cfg = dataclasses.replace(cfg, deploy=dataclasses.replace(cfg.deploy, boards=boards))
+    cfg = dataclasses.replace(cfg, deploy=dataclasses.replace(cfg.deploy, boards=cfg.deploy.boards[:1]))
+
+    def build_and_run(plan) -> None:
+        build_om(plan.cfg, plan.run, echo=open(os.devnull, "w"), trust_new_host=trust_new_host)
+        deploy(plan.cfg, plan.run, trust_new_host=trust_new_host)
+
+    plan = locate.prepare(cfg, run)
+    if cfg.locate.bisect:
+        probes = []
+
+        def bad(observed) -> bool:
+            probe = locate.prepare(cfg, run, bisect_at=observed, observed=plan.observed)
+            build_and_run(probe)
+            broken, row = locate.probe_is_broken(cfg, rf.as_run(run), probe)
+            probes.append(row)
+            return broken
+
+        found = locate.bisect_positions(plan.observed, bad)
+        record = locate.bisect_record(probes, found, cfg.locate.min_cosine, int(len(plan.labels)))
+        locate.write_report(rf.as_run(run), record)
+        print(locate.format_summary(record, rf.as_run(run)))
+    else:
+        build_and_run(plan)
+        record = locate.analyze(cfg, run, plan)
+    first = record["first_divergent"]
+    if first:
+        raise UserError(f"the board diverges first at {first['tensor']} (node {first['node']}, {first['op_type']}): "
+                        f"{first['why']}, {locate.origin_text(first)}; see {run / rf.LocateRecord.FILE}", exit_code=1)
     return 0
 
 
@@ -326,6 +410,8 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
     "om": ("ONNX -> .om with ATC (or atc-sim with --sim); --inspect FILE.om", _om_options, _om),
     "deploy": ("push the model, the app and the golden inputs to a board and run there", _deploy_options, _deploy),
     "verify": ("compare the board's outputs with the onnxruntime reference", _verify_options, _verify),
+    "locate": ("find the first tensor where the board leaves the reference (also: verify --locate)",
+               _locate_options, _locate),
     "lint": ("check any ONNX file against what ATC accepts for Ascend 310", _lint_options, _lint),
     "doctor": ("report what is available: versions, ATC, boards", _doctor_options, _doctor),
     "sim-board": ("start / stop / status of the local sim board (sshd on 127.0.0.1)", _sim_board_options, _sim_board),
@@ -333,10 +419,11 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
-    parser = OneLineErrorParser(prog="atlas-kd", description=__doc__.splitlines()[0])
+    # no abbreviations: `--board` must never quietly mean `--board-dir`
+    parser = OneLineErrorParser(prog="atlas-kd", description=__doc__.splitlines()[0], allow_abbrev=False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (help_text, add_options, _) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        p = sub.add_parser(name, help=help_text, description=help_text, allow_abbrev=False)
         if name == command:
             add_options(p)
     return parser

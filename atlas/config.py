@@ -127,6 +127,17 @@ class VerifyConfig:
     min_top1_agreement: float = 0.999
     min_cosine: float = 0.999
     board_dir: str = ""  # folder with a board's outputs.npy; empty: the folders deploy.json lists
+    locate: bool = False  # on a FAIL, run `atlas-kd locate` to find the first tensor that diverges
+
+
+@dataclass
+class LocateConfig:
+    """`atlas-kd locate`: which tensors, on how many golden inputs, judged how."""
+
+    count: int = 8  # golden inputs the board runs
+    layers: list[str] = field(default_factory=list)  # node names to observe; empty: every node output
+    min_cosine: float = 0.999  # per tensor, board vs the fp16-emulated reference (worst sample)
+    bisect: bool = False  # prefix models, one output each, instead of one model with every tensor as output
 
 
 @dataclass
@@ -143,12 +154,13 @@ class Config:
     om: OmConfig = field(default_factory=OmConfig)
     deploy: DeployConfig = field(default_factory=DeployConfig)
     verify: VerifyConfig = field(default_factory=VerifyConfig)
+    locate: LocateConfig = field(default_factory=LocateConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-SECTIONS = ["data", "teacher", "student", "distill", "compress", "export", "om", "deploy", "verify"]
+SECTIONS = ["data", "teacher", "student", "distill", "compress", "export", "om", "deploy", "verify", "locate"]
 
 
 # --- loading -------------------------------------------------------------------------------------------

@@ -47,6 +47,9 @@ BOARD_LOG = "log.txt"
 CONFUSION = "confusion.png"  # verify, beside each board's outputs
 REPORT = "report.md"  # verify: one page over every record of the run
 PRUNED = "pruned"  # prune: the derived run
+LOCATE = "locate"  # locate: the derived run with the extra outputs (and bisect-<k>/ prefix models inside)
+LOCATE_CSV = "locate.csv"  # locate, in the parent run: one row per observed tensor
+LOCATE_PLOT = "locate.png"  # error along depth
 
 # --- on the board, under <deploy.remote_dir>/<run name>/ ------------------------------------------------------
 REMOTE_MODEL = "model.om"
@@ -268,7 +271,14 @@ class VerifyRecord(Record):
     REQUIRED = ("boards", "passed")
 
 
-RECORDS: tuple[type[Record], ...] = (TrainRecord, PruneRecord, ExportRecord, AtcRecord, DeployRecord, VerifyRecord)
+class LocateRecord(Record):
+    FILE = "locate.json"
+    MADE_BY = "`atlas-kd locate --run {run}`"
+    REQUIRED = ("tensors", "first_divergent")
+
+
+RECORDS: tuple[type[Record], ...] = (TrainRecord, PruneRecord, ExportRecord, AtcRecord, DeployRecord, VerifyRecord,
+                                     LocateRecord)
 
 
 # --- freshness: is what a later stage consumed still what it was? ---------------------------------------------

@@ -17,6 +17,19 @@ def describe(model: onnx.ModelProto, path: Path) -> dict:
     return {"path": path.name, "bytes": path.stat().st_size, "nodes": len(model.graph.node), "ops": ops}
 
 
+def name_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Every node of the graph gets a unique name (`<OpType>_<index>` where it has none): ATC's --out_nodes,
+    and so `atlas-kd locate`, address nodes by name."""
+    seen: set[str] = set()
+    for index, node in enumerate(model.graph.node):
+        name = node.name or f"{node.op_type}_{index}"
+        while name in seen:
+            name = f"{name}_{index}"
+        node.name = name
+        seen.add(name)
+    return model
+
+
 def simplify_onnx(raw_path: str | Path, out_path: str | Path, input_shapes: dict[str, list[int]] | None = None) -> dict:
     """Simplify `raw_path` into `out_path` (with `input_shapes` fixed first: export/static_shapes.py); returns
     node counts and sizes before and after."""
@@ -35,6 +48,7 @@ def simplify_onnx(raw_path: str | Path, out_path: str | Path, input_shapes: dict
         raise UserError(f"onnxsim could not simplify {raw_path.name}: {str(e).splitlines()[0][:200]}") from None
     if not ok:
         raise UserError(f"onnxsim's check failed on {raw_path.name}: the simplified model does not match the original")
+    name_nodes(simplified)
     with atomic_path(out_path, suffix=".onnx") as tmp:
         onnx.save(simplified, str(tmp))
         try:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from atlas import run_folder as rf
-from atlas.config import Config
+from atlas.config import Config, load_config
 from atlas.errors import UserError
 from atlas.fileio import read_json, write_json
 from training import checkpoint
@@ -51,7 +51,9 @@ def _prepare_run_dir(cfg: Config, run_dir: Path, resume: bool) -> None:
     rf.Run(run_dir).create()
     config_path = run_dir / rf.CONFIG
     if resume and config_path.exists():
-        saved = read_json(config_path)
+        read_json(config_path)  # a corrupt config.json is one line naming it
+        # read through the config loader: a field added since the run started counts with its default
+        saved = load_config(config_path).to_dict()
         if saved != cfg.to_dict():
             changed = sorted(_diff_keys(saved, cfg.to_dict()))
             raise UserError(f"{run_dir} was trained with a different config ({', '.join(changed)}); "

@@ -272,6 +272,8 @@ def run(args):
             sys.stderr.write("%s: warning: release failed: %s\n" % (PROG, warning))
 
     report = timing_report(args, session, inputs, timings, "sim" if sim else "real")
+    if getattr(acl, "__atlas_kd_sim_fault__", None):  # a sim board with an injected fault says so
+        report["sim_fault"] = acl.__atlas_kd_sim_fault__
     write_atomically(args.output, lambda f: write_outputs(f, outputs, args.output))
     write_atomically(args.timing, lambda f: f.write((json.dumps(report, indent=2) + "\n").encode("utf-8")))
     print("%s: done: %d samples x %d loop, batch %d, %d executions; execute p50 %.3f ms, p99 %.3f ms; "

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from atlas import fileio
 from atlas.errors import UserError
+from atlas.sim import faults
 from atlas.sim.sshd import Sshd, find_sshd, write_passwd_copy
 
 DEFAULT_NAME = "sim-board"
@@ -100,14 +101,25 @@ def default_state_dir(name: str = DEFAULT_NAME) -> Path:
 
 
 def start_board(name: str = DEFAULT_NAME, state_dir: str | Path | None = None, *,
-                extra_config: list[str] | tuple[str, ...] = (), timeout_s: float = 10.0) -> SimBoardInfo:
+                extra_config: list[str] | tuple[str, ...] = (), timeout_s: float = 10.0,
+                fault: str | None = None) -> SimBoardInfo:
     """Start the sim board's sshd (detached; it outlives this process) or find it running already.
 
     `extra_config`: sshd_config lines placed before the defaults, so they win (tests use it).
+    `fault`: NODE:KIND[:VALUE], an operator this board's emulator corrupts (atlas/sim/faults.py).
     Keys and the port are kept across restarts while the port is free, so BOARD values stay valid.
     """
     state = _state_dir(name, state_dir)
     current = board_status(name, state)
+    if fault is not None:
+        try:
+            faults.parse(fault)
+        except faults.FaultSpecError as e:
+            raise UserError(str(e)) from None
+        if any(c in fault for c in '"\n%'):
+            raise UserError(f"--fault {fault!r}: a node name with '\"', '%' or a newline cannot go into sshd_config")
+        if current.running:
+            raise UserError(f"sim board {name} is running: stop it, then start it with --fault")
     if current.running:
         current.already_running = True
         return current
@@ -128,7 +140,7 @@ def start_board(name: str = DEFAULT_NAME, state_dir: str | Path | None = None, *
     previous_port = _previous_port(info)
     for attempt in range(3):
         port = previous_port if attempt == 0 and previous_port and _port_is_free(previous_port) else _free_port()
-        fileio.write_text(info.sshd_config, _sshd_config(info, port, extra_config))
+        fileio.write_text(info.sshd_config, _sshd_config(info, port, extra_config, fault))
         log_offset = info.log.stat().st_size if info.log.exists() else 0
         process = _spawn_sshd(info, sshd)
         if _wait_ready(process, port, timeout_s):
@@ -189,12 +201,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"board name, also its ssh config alias (default {DEFAULT_NAME}); run several "
                              "boards with different names")
     parser.add_argument("--state", metavar="DIR", help="state folder (default <repo>/.cache/sim-board/<name>)")
+    parser.add_argument("--fault", metavar="NODE:KIND[:VALUE]",
+                        help="start: this board's emulator corrupts the output of ONNX node NODE (KIND scale, offset, "
+                             "nan or overflow), so that a rehearsal of locate can fail; only this board")
 
 
 def run(args: argparse.Namespace) -> int:
     """start/stop print what happened; status exits 0 when running, 1 when stopped."""
     if args.action == "start":
-        info = start_board(args.name, args.state)
+        info = start_board(args.name, args.state, fault=args.fault)
         verb = "already running" if info.already_running else "started"
         print(f"sim board {info.name} {verb}: sshd pid {info.pid} on {info.host}:{info.port} (state {info.state_dir})")
         for line in info.usage_lines():
@@ -239,9 +254,10 @@ def ensure_key_pair(path: Path) -> None:
     fileio.write_text(Path(f"{path}.pub"), public.decode() + " atlas-kd-sim-board\n")
 
 
-def _sshd_config(info: SimBoardInfo, port: int, extra: list[str] | tuple[str, ...]) -> str:
+def _sshd_config(info: SimBoardInfo, port: int, extra: list[str] | tuple[str, ...], fault: str | None = None) -> str:
     env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",  # not resolved: keep the venv's python3
-           "PYTHONPATH": str(SIM_DIR), "ATLAS_KD_SIM_BOARD": "1", "HOME": str(info.root)}
+           "PYTHONPATH": str(SIM_DIR), "ATLAS_KD_SIM_BOARD": "1", "HOME": str(info.root),
+           **({faults.ENV: fault} if fault else {})}
     lines = [
         f"# sim board {info.name}: written by atlas-kd sim-board start",
         *extra,  # sshd keeps the first value of each keyword: extra lines win

@@ -9,13 +9,14 @@ applied here, in float16, as the chip does.
 """
 from __future__ import annotations
 
+import os
 import sys
 
 import numpy as np
 
 from atlas.board import acl_consts as C
 from atlas import sim_om
-from atlas.sim import aipp_math
+from atlas.sim import aipp_math, faults
 
 from ._errors import Fail
 
@@ -87,7 +88,7 @@ class LoadedModel:
         self.current_profile = None  # set by set_dynamic_batch_size / set_dynamic_hw_size (per model, as in GE)
         if len(self.onnx_inputs) != len(self.data_inputs) or (self.dynamic_kind is None) != (self.dynamic_index is None):
             raise Fail(C.ACL_ERROR_PARSE_MODEL, "sim .om metadata: inputs, onnx_inputs and dynamic do not agree")
-        self.session = _session(container.onnx_bytes, source)
+        self.session = _session(_with_fault(container.onnx_bytes), source)
         payload_inputs = {i.name for i in self.session.get_inputs()}
         missing = [spec.name for spec in self.onnx_inputs if spec.name not in payload_inputs]
         if missing or len(self.session.get_outputs()) != len(self.outputs):
@@ -123,6 +124,17 @@ class LoadedModel:
         results = self.session.run(None, feed)
         return [np.ascontiguousarray(result, dtype=spec.dtype).reshape(spec.dims_at(profile)).tobytes()
                 for result, spec in zip(results, self.outputs)]
+
+
+def _with_fault(onnx_bytes: bytes) -> bytes:
+    """The payload with the sim board's injected fault (atlas/sim/faults.py), if this board has one."""
+    spec = os.environ.get(faults.ENV)
+    if not spec:
+        return onnx_bytes
+    onnx_bytes, note = faults.apply(onnx_bytes, spec)
+    if note:  # mark the emulator package the app imported: the app copies the mark into timing.json
+        sys.modules[__package__].__atlas_kd_sim_fault__ = spec
+    return onnx_bytes
 
 
 def _session(onnx_bytes: bytes, source: str):
