@@ -97,8 +97,9 @@ def _train(args: argparse.Namespace) -> int:
 
     cfg, run, _ = config_and_run(args)
     train(cfg, run, resume=args.resume, progress=_progress(args))
-    written = [role for role, name in rf.CHECKPOINTS.items() if (run / name).exists()]
-    print(f"wrote {run}/{{{','.join(written)}}}.pt, train.json, curves.png")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 wrote everything
+        written = [role for role, name in rf.CHECKPOINTS.items() if (run / name).exists()]
+        print(f"wrote {run}/{{{','.join(written)}}}.pt, train.json, curves.png")
     return 0
 
 

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from atlas.config import TrainConfig
 from atlas.errors import UserError
-from training import checkpoint
+from training import checkpoint, parallel
 from training.data import Dataset, normalize
 from training.pmw_sgd import PMWSGD
 
@@ -187,7 +187,12 @@ def fit(model: nn.Module, train: Split, test: Split, cfg: TrainConfig, *, batch_
     `views` (with `augment`) replaces random augmentation by K fixed views, the ones `kd`'s cached logits are of.
     """
     n = len(train.labels)
+    world = parallel.world_size()
     steps = (n + batch_size - 1) // batch_size
+    if world > 1 and n % batch_size and n % batch_size < world:
+        steps -= 1  # a last batch too small to give every rank a sample (DDP needs all ranks in each step)
+    trained = parallel.wrap(model)  # the module DDP steps; `model` stays the plain one (checkpoints, extra_loss)
+    progress = progress and parallel.is_main()
     opt, sched = make_optimizer(model, cfg, steps, optimizer, pmw_strength=pmw_strength)
     generator = torch.Generator().manual_seed(seed)
     history: list[dict] = []
@@ -212,14 +217,14 @@ def fit(model: nn.Module, train: Split, test: Split, cfg: TrainConfig, *, batch_
         bar = tqdm(range(steps), desc=f"{desc} {epoch + 1}/{cfg.epochs}", leave=False, disable=not progress,
                    unit="batch", mininterval=0.5)
         for i in bar:
-            idx = perm[i * batch_size:(i + 1) * batch_size]
+            idx = parallel.shard(perm[i * batch_size:(i + 1) * batch_size])
             x, y = train.images[idx], train.labels[idx]
             view = epoch % views.count if augment and views is not None else None
             if view is not None:
                 x = views.apply(x, idx, view)
             elif augment:
                 x = random_crop_flip(x, generator)
-            logits = model(x)
+            logits = trained(x)
             if kd is None:
                 loss = F.cross_entropy(logits, y)
             else:
@@ -237,15 +242,17 @@ def fit(model: nn.Module, train: Split, test: Split, cfg: TrainConfig, *, batch_
             sched.step()
             if after_step is not None:
                 after_step(model)
-            total_loss += loss.item() * len(idx)
+            total_loss += loss.item() * len(idx)  # this rank's share: the epoch's loss is summed across ranks below
             correct += (logits.argmax(1) == y).sum().item()
         train_seconds = time.perf_counter() - t0
+        total_loss, correct = parallel.sum_across(total_loss, correct)
         test_acc = accuracy(model, test)
         history.append({"epoch": epoch + 1, "train_loss": total_loss / n, "train_acc": correct / n,
                         "test_acc": test_acc, "seconds": train_seconds})
-        log(f"{desc} epoch {epoch + 1}/{cfg.epochs}: loss {total_loss / n:.4f}  test acc {100 * test_acc:.2f} %  "
-            f"({train_seconds:.1f} s)")
-        if state_path is not None:
+        if parallel.is_main():
+            log(f"{desc} epoch {epoch + 1}/{cfg.epochs}: loss {total_loss / n:.4f}  test acc {100 * test_acc:.2f} %  "
+                f"({train_seconds:.1f} s)")
+        if state_path is not None and parallel.is_main():  # one writer; every rank holds the same state
             checkpoint.save(state_path, {
                 "format": checkpoint.STATE_FORMAT, "epoch": epoch + 1, "history": history,
                 "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),

@@ -17,7 +17,7 @@ from atlas import run_folder as rf
 from atlas.config import Config, load_config
 from atlas.errors import UserError
 from atlas.fileio import read_json, write_json
-from training import checkpoint
+from training import checkpoint, parallel
 from training.data import Dataset, load_data
 from training.distill import (OPTIMIZERS, AugmentViews, KDSetup, Split, accuracy, at_chance_level, fit, predict,
                               resolve_device, to_splits)
@@ -82,10 +82,15 @@ def train(cfg: Config, run: str | Path | rf.Run, *, resume: bool = False, progre
     teacher_path = cfg.distill.teacher_checkpoint or None
     _check_config(cfg)
     rf.Run(run_dir).check_writable()  # a file in the way or a read-only folder: one line before any work
-    device = resolve_device(cfg.device)
+    device = parallel.join(resolve_device(cfg.device))  # under torchrun: this rank's process group and device
+    main = parallel.is_main()
+    if not main:  # one voice, one writer: rank 0
+        log, progress = (lambda *args, **kwargs: None), False
     started = time.perf_counter()
     data = load_data(cfg.data, progress=progress)
-    _prepare_run_dir(cfg, run_dir, resume)
+    if main:
+        _prepare_run_dir(cfg, run_dir, resume)
+    parallel.barrier()
     train_split, test_split = to_splits(data, device)
     dataset = data.info.to_dict()
     config = cfg.to_dict()
@@ -118,8 +123,10 @@ def train(cfg: Config, run: str | Path | rf.Run, *, resume: bool = False, progre
             metrics["kd"] = {"temperature": kd.temperature, "alpha": kd.alpha,
                              "teacher_logits_cached": kd.cached_logits is not None,
                              "augment_views": views.count if views is not None else None}
-        checkpoint.save(final, checkpoint.model_payload(model, arch, role, dataset, config, metrics))
-        (run_dir / rf.TRAIN_STATE / f"{role}.pt").unlink(missing_ok=True)
+        if main:
+            checkpoint.save(final, checkpoint.model_payload(model, arch, role, dataset, config, metrics))
+            (run_dir / rf.TRAIN_STATE / f"{role}.pt").unlink(missing_ok=True)
+        parallel.barrier()
         models[role], results[role] = model, metrics
 
     # Teacher: trained here, or reused from --teacher (copied in so the run folder stands alone).
@@ -131,7 +138,8 @@ def train(cfg: Config, run: str | Path | rf.Run, *, resume: bool = False, progre
                             f"{payload['input_shape']}, this run uses {cfg.data.dataset} {list(data.info.input_shape)}")
         teacher = teacher.to(device)
         metrics = {**payload["metrics"], "accuracy": accuracy(teacher, test_split), "reused_from": str(teacher_path)}
-        checkpoint.save(run_dir / rf.TEACHER, {**payload, "metrics": metrics})
+        if main:
+            checkpoint.save(run_dir / rf.TEACHER, {**payload, "metrics": metrics})
         models["teacher"], results["teacher"] = teacher, metrics
         log(f"teacher: reusing {teacher_path} ({payload['arch']['name']}, {100 * metrics['accuracy']:.2f} % here)")
     else:
@@ -151,9 +159,11 @@ def train(cfg: Config, run: str | Path | rf.Run, *, resume: bool = False, progre
         run_phase("baseline", cfg.student, None, seed_offset=1, views=views)
 
     summary = rf.TrainRecord(_summary(cfg, data, results, device, time.perf_counter() - started))
-    summary.write(run_dir)
-    _plot_curves(run_dir / rf.CURVES, results)
+    if main:
+        summary.write(run_dir)
+        _plot_curves(run_dir / rf.CURVES, results)
     log(format_summary(summary))
+    parallel.leave()
     return summary
 
 
@@ -169,7 +179,8 @@ def _summary(cfg: Config, data: Dataset, results: dict, device, wall: float) -> 
         "run": cfg.name,
         "dataset": {**data.info.to_dict(), "train_count": int(len(data.train_labels)),
                     "test_count": int(len(data.test_labels)), "source": data.source},
-        "device": str(device), "threads": torch.get_num_threads(), "seed": cfg.seed,
+        "device": str(device), "threads": torch.get_num_threads(), "processes": parallel.world_size(),
+        "seed": cfg.seed,
         "teacher": teacher, "student": student, "baseline": baseline,
         "distillation": {
             "param_ratio": student["params"] / teacher["params"],
