@@ -335,11 +335,13 @@ def check_record(path: Path) -> dict:
     del model.graph.output[:]
     model.graph.output.extend(helper.make_tensor_value_info(o["name"], TensorProto.FLOAT, None)
                               for o in meta["outputs"])
-    feed = {}
+    feed, profile = {}, int(record["profile"])
+    rank = meta["aipp"].get("related_input_rank", 0) if meta.get("aipp") else None
     for index, spec in enumerate(meta["onnx_inputs"]):
         array = record[f"input{index}"]
-        if meta.get("aipp"):
-            array = aipp_math.apply_aipp(array, meta["aipp"], fp16=False)
+        if index == rank:
+            dims = spec["profile_dims"][profile] if profile >= 0 and spec.get("profile_dims") else spec["dims"]
+            array = aipp_math.apply_aipp(array, meta["aipp"], fp16=False, model_hw=dims[2:])
         feed[spec["name"]] = array.astype(np.float32)
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     expected = session.run(None, feed)

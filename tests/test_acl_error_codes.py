@@ -15,14 +15,14 @@ from test_atc_sim import tiny_cnn
 from test_atc_sim_options import pooled_cnn
 
 TABLE = Path(__file__).resolve().parents[1] / "docs" / "emulator.md"
-ROW = re.compile(r"^\| (E\d\d) \| (\S+) \| (.+?) \| (\d+)\b")
 
 
-def table_rows() -> dict[str, tuple[str, int]]:
-    """{id: (call, code)} from docs/emulator.md."""
+def table_rows(prefix: str = "E") -> dict[str, tuple[str, int]]:
+    """{id: (call, code)} of one table in docs/emulator.md: ids E01... (pyACL) or D01... (DVPP)."""
+    row = re.compile(rf"^\| ({prefix}\d\d) \| (\S+) \| (.+?) \| (\d+)\b")
     rows = {}
     for line in TABLE.read_text(encoding="utf-8").splitlines():
-        m = ROW.match(line)
+        m = row.match(line)
         if m:
             rows[m.group(1)] = (m.group(2), int(m.group(4)))
     return rows

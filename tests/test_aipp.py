@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from atlas.aipp import (AippConfigError, aipp_from_normalization, check_aipp_matches_model, parse_insert_op_cfg,
-                        read_insert_op_cfg, render_insert_op_cfg, write_insert_op_cfg)
+from atlas.aipp import (AippConfigError, aipp_from_normalization, check_aipp_matches_model, csc_coefficients,
+                        parse_insert_op_cfg, read_insert_op_cfg, render_insert_op_cfg, write_insert_op_cfg)
 from atlas.sim.aipp_math import apply_aipp
 
 MNIST = ([0.1307], [0.3081], (1, 28, 28))
@@ -120,7 +120,6 @@ def test_syntax_errors_are_e13018(text):
     "aipp_op { aipp_mode: static input_format: YUV400_U8 min_chn_0: 256.5 }",   # fp16 field range [0,255]
     "aipp_op { aipp_mode: static input_format: YUV400_U8 var_reci_chn_0: 70000 }",
     "aipp_op { aipp_mode: static input_format: YUV400_U8 src_image_size_w: 5000 }",
-    "aipp_op { aipp_mode: static input_format: YUV400_U8 csc_switch: true }",   # no CSC with YUV400
 ])
 def test_bad_values_are_e10052(text):
     with pytest.raises(AippConfigError) as info:
@@ -143,14 +142,15 @@ def test_write_then_read_round_trips(tmp_path):
     assert read_insert_op_cfg(path) == [aipp]
 
 
-def test_channel_count_mismatch_is_e10052_inferred_code():
+def test_channel_count_mismatch_is_the_kernels_e81012():
     aipp = aipp_from_normalization(*MNIST)
     check_aipp_matches_model(aipp, [1, 1, 28, 28])
     with pytest.raises(AippConfigError) as info:
         check_aipp_matches_model(aipp, [1, 3, 28, 28])
-    assert info.value.code == "E10052" and "channel" in info.value.message
-    with pytest.raises(AippConfigError):
+    assert info.value.code == "E81012" and "input C[3] must be 1" in info.value.message
+    with pytest.raises(AippConfigError) as info:
         check_aipp_matches_model(aipp, [1, 1, 32, 32])  # src size differs without crop/padding
+    assert info.value.code == "E81012" and "should be equal to src_image_size" in info.value.message
 
 
 @pytest.mark.parametrize("mean,std,chw", [([0.5, 0.5], [0.2, 0.2], (2, 8, 8)), ([0.5], [0.0], (1, 8, 8)),
@@ -158,3 +158,91 @@ def test_channel_count_mismatch_is_e10052_inferred_code():
 def test_unusable_normalisation_is_refused(mean, std, chw):
     with pytest.raises(ValueError):
         aipp_from_normalization(mean, std, chw)
+
+
+# -- YUV420SP_U8: colour-space conversion, crop, padding (issue 21) ---------------------------------------------
+IMAGENET = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+
+
+def test_yuv420sp_generator_adds_the_jpeg_csc_and_crops_the_vpc_width_stride():
+    aipp = aipp_from_normalization(*IMAGENET, (3, 28, 28), input_format="YUV420SP_U8")
+    assert (aipp["src_image_size_w"], aipp["src_image_size_h"]) == (32, 28)  # align16(w), align2(h): the VPC's strides
+    assert aipp["crop"] and (aipp["crop_size_w"], aipp["crop_size_h"], aipp["load_start_pos_w"]) == (28, 28, 0)
+    assert aipp["csc_switch"] and csc_coefficients(aipp)[:2] == ([[256, 0, 359], [256, -88, -183], [256, 454, 0]],
+                                                                  [0, 128, 128])
+    assert parse_insert_op_cfg(render_insert_op_cfg(aipp)) == [aipp]
+    check_aipp_matches_model(aipp, [1, 3, 28, 28])
+    aligned = aipp_from_normalization(*IMAGENET, (3, 32, 64), input_format="YUV420SP_U8")
+    assert "crop" not in aligned and (aligned["src_image_size_w"], aligned["src_image_size_h"]) == (64, 32)
+
+
+@pytest.mark.parametrize("chw,fmt", [((3, 27, 28), "YUV420SP_U8"), ((1, 28, 28), "YUV420SP_U8"),
+                                     ((3, 28, 28), "XRGB8888_U8"), ((3, 28, 28), "NV12")])
+def test_generator_refuses_a_format_the_model_cannot_take(chw, fmt):
+    mean, std = ([0.5] * chw[0], [0.2] * chw[0])
+    with pytest.raises(ValueError):
+        aipp_from_normalization(mean, std, chw, input_format=fmt)
+
+
+def test_csc_coefficients_not_given_take_atcs_defaults_one_by_one():
+    assert csc_coefficients({"input_format": "YUV420SP_U8", "csc_switch": True, "matrix_r0c0": 256})[0] == \
+        [[256, 516, 0], [298, -100, -208], [298, 0, 409]]  # GE5 ge_aipp_op.cc SetCscDefaultValue, per field
+    assert csc_coefficients({"input_format": "RGB888_U8", "csc_switch": True})[2] == [16, 128, 128]
+
+
+YUV_CROP = {"aipp_mode": "static", "input_format": "YUV420SP_U8", "csc_switch": True, "src_image_size_w": 32,
+            "src_image_size_h": 28, "crop": True, "load_start_pos_w": 0, "load_start_pos_h": 0, "crop_size_w": 28,
+            "crop_size_h": 28}
+PADDED = {**YUV_CROP, "crop_size_w": 24, "crop_size_h": 24, "load_start_pos_w": 2, "load_start_pos_h": 2,
+          "padding": True, **{f"{side}_padding_size": 2 for side in ("left", "right", "top", "bottom")}}
+
+
+@pytest.mark.parametrize("change,dims,words", [
+    ({"input_format": "YUV400_U8"}, [1, 1, 28, 28], "doesn't make sense to convert"),   # L1384
+    ({}, [1, 1, 28, 28], "input C[1] must be 3"),                                       # L1391
+    ({"resize": True}, [1, 3, 28, 28], "resize only support"),                          # L1642
+    ({"src_image_size_w": 0}, [1, 3, 28, 28], "should be greater than 0"),              # L1497
+    ({"src_image_size_w": 33}, [1, 3, 28, 28], "should be even for YUV420SP_U8"),       # L1511
+    ({"load_start_pos_w": 6}, [1, 3, 28, 28], "should be less than or equal to"),       # L1592
+    ({"load_start_pos_w": 1, "crop_size_w": 28}, [1, 3, 28, 28], "must be even"),       # L1616
+    ({"crop_size_w": 26}, [1, 3, 28, 28], "should be equal to output W"),              # L1780
+    ({"crop": False, "src_image_size_w": 28, "src_image_size_h": 27}, [1, 3, 28, 28],
+     "of network should be equal to src_image_size_h"),                                 # L1915
+    ({"crop": False, "src_image_size_w": 0, "src_image_size_h": 0}, [1, 3, 27, 28],
+     "should be even for YUV420SP_U8"),                                                 # L1967
+])
+def test_the_aipp_kernels_rules_are_e81012(change, dims, words):
+    with pytest.raises(AippConfigError) as info:
+        check_aipp_matches_model({**YUV_CROP, **change}, dims)
+    assert info.value.code == "E81012" and words in info.value.message
+    check_aipp_matches_model(YUV_CROP, [1, 3, 28, 28])  # the control
+
+
+@pytest.mark.parametrize("change,dims,words", [
+    ({"crop_size_w": 0}, [1, 3, 28, 28], "padding should be not enable"),  # L1570
+    ({"left_padding_size": 4}, [1, 3, 28, 28], "should be equal to output W"),  # L1803
+    ({}, [1, 3, 28, 1100], "1080"),  # L1748 (checked before the sizes)
+])
+def test_padding_rules_are_e81012(change, dims, words):
+    with pytest.raises(AippConfigError) as info:
+        check_aipp_matches_model({**PADDED, **change}, dims)
+    assert info.value.code == "E81012" and words in info.value.message
+    check_aipp_matches_model(PADDED, [1, 3, 28, 28])
+
+
+def test_apply_aipp_crops_converts_normalises_and_pads_in_the_spec_order():
+    from atlas import yuv
+
+    rng = np.random.default_rng(0)
+    y, uv = rng.integers(0, 256, (28, 32), dtype=np.uint8), rng.integers(0, 256, (14, 16, 2), dtype=np.uint8)
+    aipp = {**PADDED, "matrix_r0c0": 256, "padding_value": 7.0, "min_chn_0": 10.0, "var_reci_chn_0": 0.5}
+    out = apply_aipp(yuv.frame(y, uv)[None], aipp, model_hw=(28, 28))
+    matrix, bias, _ = csc_coefficients(aipp)
+    inner = yuv.yuv_to_rgb(y[2:26, 2:26], uv[1:13, 1:13], matrix, bias)  # crop before CSC, offsets halved for UV
+    assert out.shape == (1, 3, 28, 28)
+    assert np.allclose(out[0, 0, 2:26, 2:26], (inner[..., 0] - 10.0) * 0.5)
+    assert np.allclose(out[0, 1, 2:26, 2:26], inner[..., 1])
+    assert (out[0, :, :2] == 7.0).all() and (out[0, :, :, 26:] == 7.0).all()  # the padding holds padding_value
+    swapped = apply_aipp(yuv.frame(y, uv[..., ::-1])[None], {**aipp, "rbuv_swap_switch": True}, model_hw=(28, 28))
+    assert np.array_equal(swapped, out)  # NV21 in with rbuv_swap_switch = NV12 in without it
+    assert not np.array_equal(apply_aipp(yuv.frame(y, uv[..., ::-1])[None], aipp, model_hw=(28, 28)), out)

@@ -322,10 +322,10 @@ def test_invalid_aipp_value_is_e10052(tmp_path, model, capsys):
     assert rc == 255 and codes(out) == ["E10052"]
 
 
-def test_aipp_channel_count_must_match_the_model_e10052_inferred_code(tmp_path, model, capsys):
+def test_aipp_channel_count_must_match_the_model_e81012_the_kernels_code(tmp_path, model, capsys):
     cfg = write_insert_op_cfg(tmp_path / "rgb.cfg", aipp_from_normalization([0.5] * 3, [0.2] * 3, (3, 28, 28)))
     rc, out, _ = run_sim(capsys, sim_args(model, tmp_path / "m", f"--insert_op_conf={cfg}"))
-    assert rc == 255 and codes(out) == ["E10052"] and "channel" in "\n".join(out)
+    assert rc == 255 and codes(out) == ["E81012"] and "input C[1] must be 3" in "\n".join(out)
 
 
 # --- lint errors fail the way ATC fails ---------------------------------------------------------------------
@@ -385,3 +385,58 @@ def test_console_script_runs_end_to_end_quickly(tmp_path, model):
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.splitlines()[0] == START_LINE and SUCCESS_LINE in done.stdout
     assert elapsed < 5.0
+
+
+# --- AIPP colour-space conversion, crop and padding (issue 21) ------------------------------------------------
+
+def test_yuv420sp_aipp_feeds_nv12_frames_of_the_vpc_stride(tmp_path, capsys):
+    model = tiny_cnn(tmp_path / "rgb.onnx", shape=(1, 3, 28, 28))
+    cfg = write_insert_op_cfg(tmp_path / "yuv.cfg", aipp_from_normalization([0.5] * 3, [0.2] * 3, (3, 28, 28),
+                                                                           input_format="YUV420SP_U8"))
+    code, out, _ = run_sim(capsys, sim_args(model, tmp_path / "m", f"--insert_op_conf={cfg}"))
+    assert code == 0, out
+    meta = sim_om.read(tmp_path / "m.om").meta
+    # NHWC dims of the source (32 = align16(28), cropped back to 28 by AIPP), 28*32*3/2 bytes a picture
+    assert meta["inputs"] == [{"name": "input", "dims": [1, 28, 32, 3], "dtype": "uint8", "format": "NHWC",
+                               "aipp_format": "YUV420SP_U8"}]
+    assert meta["aipp"]["csc_switch"] and meta["aipp"]["crop_size_w"] == 28
+
+
+def test_an_aipp_block_the_kernel_refuses_is_e81012(tmp_path, capsys):
+    model = tiny_cnn(tmp_path / "rgb.onnx", shape=(1, 3, 28, 28))
+    aipp = aipp_from_normalization([0.5] * 3, [0.2] * 3, (3, 28, 28), input_format="YUV420SP_U8")
+    cfg = write_insert_op_cfg(tmp_path / "odd.cfg", {**aipp, "load_start_pos_w": 1, "crop_size_w": 28})
+    code, out, _ = run_sim(capsys, sim_args(model, tmp_path / "m", f"--insert_op_conf={cfg}"))
+    assert code == 255 and codes(out) == ["E81012"] and "must be even" in "\n".join(out)
+    assert not (tmp_path / "m.om").exists()
+
+
+def two_input_model(path: Path) -> Path:
+    nodes = [helper.make_node("Mul", ["image", "one"], ["picture"], name="picture"),
+             helper.make_node("Mul", ["info", "one"], ["scalars"], name="scalars")]
+    graph = helper.make_graph(nodes, "two_inputs",
+                              [helper.make_tensor_value_info("info", TensorProto.FLOAT, [1, 4]),
+                               helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 16, 16])],
+                              [helper.make_tensor_value_info("picture", TensorProto.FLOAT, [1, 3, 16, 16]),
+                               helper.make_tensor_value_info("scalars", TensorProto.FLOAT, [1, 4])],
+                              [numpy_helper.from_array(np.ones(1, np.float32), "one")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)])
+    model.ir_version = 7
+    onnx.save(model, str(path))
+    return path
+
+
+def test_aipp_feeds_the_input_its_related_input_rank_names(tmp_path, capsys):
+    model = two_input_model(tmp_path / "two.onnx")
+    cfg = write_insert_op_cfg(tmp_path / "rank1.cfg", aipp_from_normalization([0.5] * 3, [0.2] * 3, (3, 16, 16),
+                                                                              related_input_rank=1))
+    code, out, _ = run_sim(capsys, sim_args(model, tmp_path / "m", f"--insert_op_conf={cfg}",
+                                            "--input_fp16_nodes=info"))
+    assert code == 0, out
+    inputs = sim_om.read(tmp_path / "m.om").meta["inputs"]
+    assert [(i["name"], i["dtype"], i["dims"]) for i in inputs] == [("info", "float16", [1, 4]),
+                                                                    ("image", "uint8", [1, 16, 16, 3])]
+    # negative control: the input AIPP feeds cannot be float16 (E10034)
+    code, out, _ = run_sim(capsys, sim_args(model, tmp_path / "m2", f"--insert_op_conf={cfg}",
+                                            "--input_fp16_nodes=image"))
+    assert code == 255 and codes(out) == ["E10034"]

@@ -139,6 +139,7 @@ ACL_ERROR_RT_MODEL_EXECUTE = 507011
 ACL_ERROR_RT_REPORT_TIMEOUT = 507012
 ACL_ERROR_RT_AICORE_TIMEOUT = 507014
 ACL_ERROR_RT_AICORE_EXCEPTION = 507015
+ACL_ERROR_RT_AICPU_EXCEPTION = 507018  # rt_error_codes.h of CANN 5.0.2; what a failed DVPP task gives at sync
 ACL_ERROR_RT_DRV_INTERNAL_ERROR = 507899
 
 # Graph-engine codes, passed through unchanged by acl.mdl (ge_error_codes.h of GE v1.5.1, the CANN 5.0-era graph
@@ -152,6 +153,17 @@ ACL_ERROR_GE_DYNAMIC_INPUT_LENGTH_INVALID = 145012
 ACL_ERROR_GE_DYNAMIC_BATCH_SIZE_INVALID = 145013
 ACL_ERROR_GE_SHAPE_INVALID = 145021
 ACL_ERROR_GE_GET_TENSOR_INFO = 545008
+
+# acl.media (DVPP): acldvppPixelFormat and acldvppJpegFormat (acl_dvpp.h of CANN 5.0.2), and JPEGD's output
+# strides on the Ascend 310 (800 aclpythondevg_01_0321) next to the VPC's (601 aclcppdevg_03_0168)
+PIXEL_FORMAT_YUV_400 = 0
+PIXEL_FORMAT_YUV_SEMIPLANAR_420 = 1  # NV12
+PIXEL_FORMAT_YVU_SEMIPLANAR_420 = 2  # NV21
+PIXEL_FORMAT_UNKNOWN = 10000
+ACL_JPEG_CSS_444, ACL_JPEG_CSS_422, ACL_JPEG_CSS_420, ACL_JPEG_CSS_GRAY = 0, 1, 2, 3
+ACL_JPEG_CSS_440, ACL_JPEG_CSS_411, ACL_JPEG_CSS_UNKNOWN = 4, 5, 1000
+JPEGD_WIDTH_ALIGN, JPEGD_HEIGHT_ALIGN = 128, 16
+VPC_WIDTH_ALIGN, VPC_HEIGHT_ALIGN = 16, 2
 
 ERROR_NAMES = dict((value, name) for name, value in list(globals().items())
                    if name.startswith("ACL_ERROR_") and isinstance(value, int))

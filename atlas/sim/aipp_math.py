@@ -1,36 +1,98 @@
-"""The arithmetic of static AIPP normalisation, as spec/atc.md §6 gives it.
+"""The arithmetic of static AIPP, in the order spec/atc.md §6 gives: swap -> crop -> CSC -> normalise -> padding.
 
     pixel_out_chx(i) = [pixel_in_chx(i) - mean_chn_i - min_chn_i] * var_reci_chn_i
 
-Used by atlas/aipp.py (to check a generated insert_op.cfg against the training normalisation) and by the
-pyACL emulator (to run an AIPP model on uint8 NHWC input the way the chip does: in float16).
+CSC is atlas/yuv.py's `yuv_to_rgb` with atlas/aipp.py's coefficients (ATC's default matrix when the config gives
+none); the crop window, padding and source size are atlas/aipp.py's reading of the config. Used by the pyACL
+emulator (to run an AIPP model on the board-side bytes the way the chip does: normalisation in float16) and by
+scripts/sample_models.py (the same in float32, for the onnxruntime reference).
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from atlas import yuv
+from atlas.aipp import YUV420SP, crop_window, csc_coefficients, padding_sizes
 
-def apply_aipp(images: np.ndarray, aipp: Mapping[str, Any], fp16: bool = False) -> np.ndarray:
-    """uint8 NHWC images -> normalised NCHW float32, computed in float16 when `fp16` (as the chip stores it).
 
-    Supports what our configs use: static mode, no crop/padding/CSC, optional R/B swap.
-    """
-    if images.dtype != np.uint8 or images.ndim != 4:
-        raise ValueError(f"AIPP input must be uint8 NHWC, got {images.dtype} with shape {images.shape}")
-    if aipp.get("crop") or aipp.get("padding") or aipp.get("csc_switch"):
-        raise ValueError("AIPP crop, padding and CSC are not emulated")
+def apply_aipp(images: np.ndarray, aipp: Mapping[str, Any], fp16: bool = False,
+               model_hw: Sequence[int] | None = None) -> np.ndarray:
+    """Board-side pictures -> the model's normalised NCHW float32 input, computed in float16 when `fp16`.
+
+    `images`: uint8 NHWC, or for YUV420SP_U8 uint8 [N, src_h*3/2, src_w] (NV12). `model_hw`: the model's H, W
+    (what a crop size of 0 and the padding refer to; default: the source size)."""
+    if images.dtype != np.uint8 or images.ndim not in (3, 4):
+        raise ValueError(f"AIPP input must be uint8 pictures, got {images.dtype} with shape {images.shape}")
+    pixels = _yuv_pixels(images, aipp, model_hw) if aipp.get("input_format") == YUV420SP else \
+        _rgb_pixels(images, aipp, model_hw)
+    return _padded(_normalised(pixels, aipp, fp16), aipp, fp16, model_hw)
+
+
+def _yuv_pixels(frames: np.ndarray, aipp, model_hw) -> np.ndarray:
+    """NV12 frames -> [N, h, w, 3] integers after swap, crop and CSC (Y, U, V themselves without CSC)."""
+    if frames.ndim != 3 or frames.shape[1] % 3:
+        raise ValueError(f"YUV420SP_U8 AIPP input must be [N, h*3/2, w] frames, got shape {frames.shape}")
+    y, uv = _split_batch(frames)
+    if aipp.get("rbuv_swap_switch"):
+        uv = uv[..., ::-1]  # NV21 in: U and V swapped before CSC
+    left, top, width, height = crop_window(aipp, *(model_hw or y.shape[1:]))
+    y, uv = y[:, top:top + height, left:left + width], uv[:, top // 2:(top + height) // 2, left // 2:(left + width) // 2]
+    if not aipp.get("csc_switch"):
+        return np.concatenate([y[..., None], _upsampled(uv, height, width)], axis=-1)
+    matrix, input_bias, _ = csc_coefficients(aipp)
+    return np.stack([yuv.yuv_to_rgb(y[i], uv[i], matrix, input_bias) for i in range(len(y))])
+
+
+def _split_batch(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    n, rows, width = frames.shape
+    height = rows * 2 // 3
+    return frames[:, :height], frames[:, height:].reshape(n, height // 2, width // 2, 2)
+
+
+def _upsampled(uv: np.ndarray, height: int, width: int) -> np.ndarray:
+    return np.repeat(np.repeat(uv, 2, axis=1), 2, axis=2)[:, :height, :width]
+
+
+def _rgb_pixels(images: np.ndarray, aipp, model_hw) -> np.ndarray:
+    """NHWC pixels -> [N, h, w, C] after swap, crop and (RGB -> YUV) CSC."""
+    if images.ndim != 4:
+        raise ValueError(f"AIPP input must be uint8 NHWC, got shape {images.shape}")
     channels = images.shape[3]
-    x = images.astype(np.float32)
+    x = images
     if aipp.get("rbuv_swap_switch") and channels >= 3:
         x = x[..., [2, 1, 0] + list(range(3, channels))]
+    left, top, width, height = crop_window(aipp, *(model_hw or images.shape[1:3]))
+    x = x[:, top:top + height, left:left + width]
+    if aipp.get("csc_switch") and channels >= 3:
+        matrix, _, output_bias = csc_coefficients(aipp)
+        mixed = (x[..., :3].astype(np.int64) @ np.asarray(matrix, np.int64).T >> 8) + np.asarray(output_bias)
+        x = np.concatenate([np.clip(mixed, 0, 255), x[..., 3:]], axis=-1)
+    return x
+
+
+def _normalised(pixels: np.ndarray, aipp, fp16: bool) -> np.ndarray:
+    """[N, h, w, C] -> NCHW `(p - mean - min) * var_reci`, in float16 when `fp16` (as the chip stores it)."""
     dtype = np.float16 if fp16 else np.float32
-    out = np.empty((images.shape[0], channels) + images.shape[1:3], dtype=dtype)
-    for c in range(channels):
+    out = np.empty((pixels.shape[0], pixels.shape[3]) + pixels.shape[1:3], dtype=dtype)
+    for c in range(pixels.shape[3]):
         mean = dtype(aipp.get(f"mean_chn_{c}", 0))
         minimum = dtype(aipp.get(f"min_chn_{c}", 0.0))
         var_reci = dtype(aipp.get(f"var_reci_chn_{c}", 1.0))
-        pixels = x[..., c].astype(dtype)
-        out[:, c] = (pixels - mean - minimum) * var_reci
-    return out.astype(np.float32)
+        out[:, c] = (pixels[..., c].astype(dtype) - mean - minimum) * var_reci
+    return out
+
+
+def _padded(x: np.ndarray, aipp, fp16: bool, model_hw) -> np.ndarray:
+    """The normalised picture placed inside the padding, whose pixels hold padding_value [INFER: the value is
+    written as it is, after normalisation]."""
+    left, right, top, bottom = padding_sizes(aipp)
+    if not (left or right or top or bottom):
+        return x.astype(np.float32)
+    value = (np.float16 if fp16 else np.float32)(aipp.get("padding_value", 0.0))
+    n, c, h, w = x.shape
+    out = np.full((n, c, h + top + bottom, w + left + right), value, dtype=np.float32)
+    out[:, :, top:top + h, left:left + w] = x
+    return out
+

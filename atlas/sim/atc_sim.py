@@ -471,7 +471,8 @@ def build(flags: dict[str, str]) -> tuple[Path, dict[str, Any]]:
     for entry, dtype in zip(outputs, output_types):
         entry["dtype"] = dtype if entry["dtype"] == "float32" else entry["dtype"]
     onnx_inputs = [_input_entry(i.name, shapes[i.name], i.dtype, option, profiles, (2, 3)) for i in inputs]
-    board_inputs = [_board_input(entry, flags, aipp, fp16_inputs, option, profiles) for entry in onnx_inputs]
+    board_inputs = [_board_input(entry, flags, aipp if index == _aipp_rank(aipp) else None, fp16_inputs, option,
+                                 profiles) for index, entry in enumerate(onnx_inputs)]
     if option:
         count = 1 if option == "dynamic_batch_size" else 2  # one int64 per dynamic value [INFER: the size]
         board_inputs.append({"name": DYNAMIC_TENSOR_NAME, "dims": [count], "dtype": "int64", "format": "ND",
@@ -503,27 +504,31 @@ def build(flags: dict[str, str]) -> tuple[Path, dict[str, Any]]:
 
 
 def _aipp(flags: dict[str, str], inputs: list[OnnxInput], shapes: dict[str, list[int]]) -> dict | None:
-    """The one static aipp_op block atc-sim emulates, checked against the model input (E10001, E10052)."""
+    """The one static aipp_op block atc-sim emulates (crop, CSC and padding included), checked against the model
+    input it feeds (E10001, E10052, and the AIPP kernel's E81012: atlas/aipp.py)."""
     from atlas.aipp import AippConfigError, check_aipp_matches_model, read_insert_op_cfg
 
     if not flags.get("insert_op_conf"):
         return None
     try:
         blocks = read_insert_op_cfg(flags["insert_op_conf"])
-        if len(blocks) != 1 or blocks[0].get("related_input_rank", 0) != 0 or len(inputs) != 1:
+        if len(blocks) != 1 or not 0 <= blocks[0].get("related_input_rank", 0) < len(inputs):
             raise AippConfigError("E10001", "Value for parameter --insert_op_conf is invalid. Reason: atc-sim "
-                                            "emulates one aipp_op block for a single-input model")
+                                            f"emulates one aipp_op block for one of the model's {len(inputs)} "
+                                            "input(s) (related_input_rank)")
         aipp = blocks[0]
         if aipp["aipp_mode"] != "static":
             raise AippConfigError("E10001", f"Value aipp_mode: {aipp['aipp_mode']} in --insert_op_conf is "
                                             f"invalid. Reason: {NOT_EMULATED}")
-        if any(aipp.get(k) for k in ("crop", "padding", "csc_switch")):
-            raise AippConfigError("E10001", "Value for parameter --insert_op_conf is invalid. Reason: AIPP crop, "
-                                            f"padding and CSC: {NOT_EMULATED}")
-        check_aipp_matches_model(aipp, shapes[inputs[0].name])
+        check_aipp_matches_model(aipp, shapes[inputs[_aipp_rank(aipp)].name])
     except AippConfigError as e:
         raise AtcFailure([AtcError(e.code, e.message)]) from None
     return aipp
+
+
+def _aipp_rank(aipp: dict | None) -> int | None:
+    """The model input AIPP feeds (None: no AIPP)."""
+    return None if aipp is None else int(aipp.get("related_input_rank", 0))
 
 
 def _fp16_inputs(flags: dict[str, str], model, inputs: list[OnnxInput], aipp: dict | None) -> set[str]:
@@ -536,7 +541,7 @@ def _fp16_inputs(flags: dict[str, str], model, inputs: list[OnnxInput], aipp: di
             code = "E10017" if any(node.name == name for node in model.graph.node) else "E10016"
             what = "is not an input of the model" if code == "E10017" else "is not found in the model"
             raise AtcFailure([AtcError(code, f"Opname [{name}] specified in [--input_fp16_nodes] {what}.")])
-        if aipp is not None:
+        if aipp is not None and name == inputs[_aipp_rank(aipp)].name:
             raise AtcFailure([AtcError("E10034", f"Nodes (for example, {name}) connected to AIPP must not be of "
                                                  "type fp16.")])
     return set(names)
@@ -588,8 +593,15 @@ def _board_input(entry: dict, flags: dict[str, str], aipp, fp16_inputs: set[str]
         fmt = flags.get("input_format") or ("NCHW" if len(entry["dims"]) == 4 else "ND")
         dtype = "float16" if entry["name"] in fp16_inputs else entry["dtype"]
         return {**entry, "dtype": dtype, "format": fmt}
-    n, c, h, w = _nchw_with_dynamic(entry)  # §6: AIPP turns the fed input into uint8 NHWC
-    return _input_entry(entry["name"], [n, h, w, c], "uint8", option, profiles, (1, 2)) | {"format": "NHWC"}
+    from atlas.aipp import YUV420SP, source_size
+
+    n, c, h, w = _nchw_with_dynamic(entry)  # §6: AIPP turns the fed input into uint8 NHWC of the source size
+    src_h, src_w = source_size(aipp, h, w)
+    board = _input_entry(entry["name"], [n, src_h, src_w, c], "uint8", option, profiles, (1, 2)) | {"format": "NHWC"}
+    if aipp.get("input_format") == YUV420SP:
+        # the same dims, h*w*3/2 bytes a picture (TBE aipp.py L247-249 input_offset C*h*w/2) [INFER: the dims]
+        board["aipp_format"] = YUV420SP
+    return board
 
 
 def _nchw_with_dynamic(entry: dict) -> list[int]:

@@ -5,7 +5,7 @@ names, argument order, return conventions (spec §0) and codes (spec §2) as the
 inference app uses; a misuse returns the code the real call would (chosen from spec §2 where the spec leaves it
 open: see the docstrings of rt.py, mdl.py and the functions below), never a Python exception the real module would
 not raise. Memory is real (see _memory.py), models are sim .om files run with onnxruntime (see _model.py).
-Test hooks: `acl._sim` (counters, reset, failure injection; knobs in _state.py).
+Test hooks: `acl._sim` (counters, reset, failure injection; knobs in _state.py). acl.media (DVPP) is media.py.
 
 Top-level calls here: init/finalize (spec §1.1), app_log, get_soc_name and the data-buffer calls (spec §1.4). Every
 code and its source is in docs/emulator.md; in short:
@@ -24,13 +24,13 @@ import sys
 
 from atlas.board import acl_consts as C
 
-from . import _sim, mdl, rt, util
+from . import _sim, mdl, media, rt, util
 from ._errors import Fail
 from ._state import STATE, DataBuffer, api
 
 __atlas_kd_sim__ = True  # the board app refuses a sim .om unless it sees this marker (a real acl has none)
 __all__ = ["init", "finalize", "app_log", "get_soc_name", "create_data_buffer", "destroy_data_buffer", "get_data_buffer_addr",
-           "get_data_buffer_size", "get_data_buffer_size_v2", "update_data_buffer", "rt", "mdl", "util"]
+           "get_data_buffer_size", "get_data_buffer_size_v2", "update_data_buffer", "rt", "mdl", "media", "util"]
 
 
 @api("acl.init")
@@ -50,10 +50,11 @@ def init(config_path=None):
 
 
 def _leaks() -> dict:
-    device, host = STATE.memory.live_allocations()
+    device, host, dvpp = STATE.memory.live_allocations(("device", "host", "dvpp"))
     leaks = {
         "device_allocations": [{"ptr": hex(r.start), "bytes": r.size} for r in device],
         "host_allocations": [{"ptr": hex(r.start), "bytes": r.size} for r in host],
+        "dvpp_allocations": [{"ptr": hex(r.start), "bytes": r.size} for r in dvpp],
         "devices": sorted(STATE.devices),
         "contexts": sum(1 for c in STATE.contexts.values() if not c.default),
         "streams": len(STATE.streams),
@@ -62,6 +63,7 @@ def _leaks() -> dict:
         "datasets": len(STATE.datasets),
         "data_buffers": len(STATE.buffers),
         "threads_running": sum(1 for t in STATE.threads.values() if t.is_alive()),
+        **{f"media {kind}s": len(table) for kind, table in STATE.media.items()},
     }
     return {name: value for name, value in leaks.items() if value}
 

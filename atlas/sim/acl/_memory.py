@@ -4,6 +4,8 @@ Three kinds of region:
 - "device": acl.rt.malloc. Capacity = size rounded up to a 32-byte multiple plus 32 bytes, start 64-byte aligned,
   contents not zeroed (spec §1.2 [OFF]); the emulator fills fresh memory with 0xA5 so reading it early shows.
 - "host": acl.rt.malloc_host. 64-byte aligned, not zeroed (spec §1.2 [OFF]).
+- "dvpp": acl.media.dvpp_malloc, the media memory the DVPP reads and writes. Start 128-byte aligned, size rounded
+  up to a 32-byte multiple plus 32 bytes (601 aclpythondevg_01_0195); device memory otherwise.
 - "user": process memory handed out by acl.util.bytes_to_ptr / numpy_to_ptr. The emulator keeps the owning object
   alive while the region is registered (the most recent ones, bounded), so the address stays valid and unique.
 """
@@ -48,10 +50,11 @@ class Region:
     @property
     def location(self) -> str:
         """Where the bytes live for ACL_HOST-mode copy-kind checks: device for rt.malloc, host otherwise."""
-        return "device" if self.kind == "device" else "host"
+        return "device" if self.kind in ("device", "dvpp") else "host"
 
     def describe(self) -> str:
-        source = {"device": "acl.rt.malloc", "host": "acl.rt.malloc_host", "user": "acl.util"}[self.kind]
+        source = {"device": "acl.rt.malloc", "host": "acl.rt.malloc_host", "dvpp": "acl.media.dvpp_malloc",
+                  "user": "acl.util"}[self.kind]
         return f"{source} region 0x{self.start:x} ({self.capacity} bytes)"
 
 
@@ -65,9 +68,10 @@ class Memory:
 
     # -- allocations -------------------------------------------------------------------------------------------
     def allocate(self, size: int, kind: str) -> Region:
-        capacity = device_capacity(size) if kind == "device" else size
-        backing = ctypes.create_string_buffer(capacity + 64)
-        start = (ctypes.addressof(backing) + 63) // 64 * 64
+        capacity = device_capacity(size) if kind in ("device", "dvpp") else size
+        align = 128 if kind == "dvpp" else 64
+        backing = ctypes.create_string_buffer(capacity + align)
+        start = (ctypes.addressof(backing) + align - 1) // align * align
         ctypes.memset(start, POISON, capacity)
         region = Region(start, size, capacity, kind, backing)
         for old in [s for s, r in self._freed.items() if s < region.end and region.start < r.end]:
@@ -87,7 +91,7 @@ class Memory:
                 raise Fail(FREE_FAILED, f"0x{ptr:x} points inside {inside.describe()}, not at its start")
             raise Fail(FREE_FAILED, f"0x{ptr:x} was never allocated by acl.rt.malloc/malloc_host")
         if region.kind != kind:
-            other = "acl.rt.free" if region.kind == "device" else "acl.rt.free_host"
+            other = {"device": "acl.rt.free", "host": "acl.rt.free_host", "dvpp": "acl.media.dvpp_free"}[region.kind]
             raise Fail(FREE_FAILED, f"{call} on {region.describe()}: free it with {other}")
         del self._allocations[ptr]
         self._starts.pop(bisect.bisect_left(self._starts, ptr))
@@ -100,9 +104,10 @@ class Memory:
         region = self._allocations.get(ptr)
         return region.kind if region is not None else None
 
-    def live_allocations(self) -> tuple[list[Region], list[Region]]:
+    def live_allocations(self, kinds: tuple[str, ...] = ("device", "host")) -> tuple[list[Region], ...]:
+        """The live allocations of each kind, in the order of `kinds`."""
         regions = list(self._allocations.values())
-        return [r for r in regions if r.kind == "device"], [r for r in regions if r.kind == "host"]
+        return tuple([r for r in regions if r.kind == kind] for kind in kinds)
 
     def allocation_bytes(self) -> int:
         return sum(r.capacity for r in self._allocations.values())
@@ -126,6 +131,10 @@ class Memory:
             if region.start <= ptr < region.end:
                 return region
         return None
+
+    def allocation_at(self, ptr: int) -> Region | None:
+        """The live malloc / malloc_host / dvpp_malloc allocation holding ptr, else None."""
+        return self._find_allocation(ptr)
 
     def user_region(self, ptr: int) -> Region | None:
         """The live acl.util region holding ptr (the newest when several overlap), else None."""

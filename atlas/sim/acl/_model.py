@@ -35,7 +35,9 @@ class TensorSpec:
             raise Fail(C.ACL_ERROR_PARSE_MODEL, f"sim .om metadata {where}: dtype {self.dtype} has no aclDataType")
         self.acl_dtype = C.ACL_DTYPE[self.dtype]
         self.format = _FORMATS.get(entry.get("format", "ND" if len(self.dims) != 4 else "NCHW"), -1)
-        self.size = int(np.prod(self.dims)) * np.dtype(self.dtype).itemsize
+        # a YUV420SP_U8 AIPP input: NHWC dims with C = 3, fed as NV12 frames of h*w*3/2 bytes (atc_sim._board_input)
+        self.yuv420sp = entry.get("aipp_format") == "YUV420SP_U8"
+        self.size = int(np.prod(self.array_dims_at(None))) * np.dtype(self.dtype).itemsize
         self.role = entry.get("role", "data")  # "dynamic": the profile tensor
         self.dynamic_axes = [int(a) for a in entry.get("dynamic_axes", [])]
         self.profile_dims = [[int(d) for d in dims] for dims in entry.get("profile_dims", [])]
@@ -44,8 +46,13 @@ class TensorSpec:
         """The dims at profile number `profile` (None, or a static tensor: the dims)."""
         return list(self.dims) if profile is None or not self.profile_dims else list(self.profile_dims[profile])
 
+    def array_dims_at(self, profile: int | None) -> list[int]:
+        """The shape of the bytes fed at a profile: the dims, or [n, h*3/2, w] NV12 frames for YUV420SP."""
+        dims = self.dims_at(profile)
+        return [dims[0], dims[1] * 3 // 2, dims[2]] if self.yuv420sp else dims
+
     def bytes_at(self, profile: int | None) -> int:
-        return int(np.prod(self.dims_at(profile))) * np.dtype(self.dtype).itemsize
+        return int(np.prod(self.array_dims_at(profile))) * np.dtype(self.dtype).itemsize
 
     def dims_dict(self, dims: list[int] | None = None) -> dict:
         """aclmdlIODims as pyACL returns it (spec §1.3)."""
@@ -116,9 +123,9 @@ class LoadedModel:
         feed = {}
         for index, (raw, spec, onnx_spec) in enumerate(zip(input_bytes, self.data_inputs, self.onnx_inputs)):
             array = np.frombuffer(raw, dtype=spec.dtype, count=spec.bytes_at(profile) // np.dtype(spec.dtype).itemsize)
-            array = array.reshape(spec.dims_at(profile))
+            array = array.reshape(spec.array_dims_at(profile))
             if index == self.aipp_input:
-                array = aipp_math.apply_aipp(array, self.aipp, fp16=True)
+                array = aipp_math.apply_aipp(array, self.aipp, fp16=True, model_hw=onnx_spec.dims_at(profile)[2:])
             feed[onnx_spec.name] = np.ascontiguousarray(array.reshape(onnx_spec.dims_at(profile)),
                                                         dtype=onnx_spec.dtype)
         results = self.session.run(None, feed)

@@ -134,6 +134,7 @@ class State:
         self.buffers = {}      # handle -> DataBuffer
         self.threads = {}      # acl.util.start_thread id -> threading.Thread
         self.subscribers = {}  # thread id -> Subscriber (acl.rt.subscribe_report)
+        self.media = {}        # acl.media handles: kind ("channel desc", "pic desc", ...) -> {handle: object}
         self.memory = Memory()
         self.next_model_id = 1
         self.thread = threading.local()
@@ -187,12 +188,14 @@ class State:
         return counters
 
     def live(self) -> dict:
-        device, host = self.memory.live_allocations()
+        device, host, dvpp = self.memory.live_allocations(("device", "host", "dvpp"))
         return {
-            "allocations": len(device) + len(host),
-            "allocation_bytes": sum(r.capacity for r in device + host),
+            "allocations": len(device) + len(host) + len(dvpp),
+            "allocation_bytes": sum(r.capacity for r in device + host + dvpp),
             "device_allocations": len(device),
             "host_allocations": len(host),
+            "dvpp_allocations": len(dvpp),
+            **{f"media {kind}s": len(table) for kind, table in self.media.items() if table},
             "devices": sum(self.devices.values()),
             "contexts": sum(1 for c in self.contexts.values() if not c.default),
             "streams": len(self.streams),

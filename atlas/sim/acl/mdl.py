@@ -409,7 +409,7 @@ def _record(model: LoadedModel, profile, feeds: list[bytes], results: list[bytes
 
     import numpy as np
 
-    arrays = {f"input{i}": np.frombuffer(raw, spec.dtype).reshape(spec.dims_at(profile))
+    arrays = {f"input{i}": np.frombuffer(raw, spec.dtype).reshape(spec.array_dims_at(profile))
               for i, (raw, spec) in enumerate(zip(feeds, model.data_inputs))}
     arrays.update({f"output{i}": np.frombuffer(raw, spec.dtype).reshape(spec.dims_at(profile))
                    for i, (raw, spec) in enumerate(zip(results, model.outputs))})

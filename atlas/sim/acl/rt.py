@@ -331,10 +331,12 @@ def malloc_host(size):
 def _release(ptr, kind: str, call: str) -> int:
     _not_null(call, ptr=ptr)
     STATE.require_context()
-    if STATE.run_mode == C.ACL_DEVICE and STATE.memory.kind_of(ptr) not in (None, kind):
-        # On the board malloc_host memory is device memory (spec §1.2) and one driver call frees both [INFER]
+    other = STATE.memory.kind_of(ptr)
+    if STATE.run_mode == C.ACL_DEVICE and other in ("device", "host") and other != kind:
+        # On the board malloc_host memory is device memory (spec §1.2) and one driver call frees both [INFER];
+        # dvpp_malloc memory is not theirs to free (docs/emulator.md D05)
         warn(call, f"0x{ptr:x} came from the other allocator; the board frees it, a PCIe host would not")
-        kind = STATE.memory.kind_of(ptr)
+        kind = other
     STATE.memory.release(ptr, kind, call)
     return C.ACL_SUCCESS
 
