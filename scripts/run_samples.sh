@@ -1,6 +1,7 @@
 #!/bin/sh
-# Run Huawei's official Python samples (pyACL and ACLLite, no DVPP) unchanged against the pyACL emulator, on small
-# stand-in models converted with atc-sim, and check every execution against onnxruntime (scripts/sample_models.py).
+# Run Huawei's official Python samples (pyACL and ACLLite, with and without DVPP) unchanged against the pyACL emulator,
+# on small stand-in models converted with atc-sim, and check every execution against onnxruntime
+# (scripts/sample_models.py).
 #   scripts/run_samples.sh DIR [--work FOLDER] [--only NAME ...]
 # DIR is a checkout of Ascend/samples at fc2aea93e48be8f8cee51d0c6c1b13a08155f83a; it is copied, never written.
 # OpenCV, which some samples import and the venv lacks, goes into .cache/samples-site (pip --target), not the venv.

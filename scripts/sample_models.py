@@ -14,6 +14,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -49,6 +50,8 @@ class Sample:
     needs: tuple = ()            # Python modules the sample imports that may be missing here
     extra_files: dict = field(default_factory=dict)
     cwd: str = "src"             # where the README runs it from
+    extra_images: tuple = ()     # more generated JPEGs the sample opens by name (in `images`)
+    sizes: tuple = ((300, 260), (256, 256))  # (width, height) of the generated pictures; extra ones take the first
 
 
 SAMPLES = [
@@ -102,9 +105,76 @@ SAMPLES = [
            ("--input_format=ND",), ("src/bert_text_classification.py",),
            extra_files={"data/sample.txt": "体育新闻：一场比赛的报道。"}),
 ]
+C1 = "level2_simple_inference/1_classification"
+DVPP_SAMPLES = [
+    Sample("memcpy_host_DVPP", "level1_single_api/1_acl/2_memory_management/memcpy_host_DVPP_python",
+           command=("src/memcpy_host_dvpp.py", "--release_cycle", "2", "--number_of_cycles", "2", "--device_id", "0",
+                    "--memory_size", "1048576", "--memory_reuse"), cwd="."),
+    Sample("memcpy_host_device_async", "level1_single_api/1_acl/2_memory_management/memcpy_host_device_async_python",
+           # the README's --write_back_host is not an option of the script (argparse refuses it): left out
+           command=("src/memcpy_host_device_async_python.py", "--release_cycle", "2", "--number_of_cycles", "2",
+                    "--device_id", "0", "--memory_size", "1048576"), cwd="."),
+    Sample("googlenet_imagenet_picture", f"{C1}/googlenet_imagenet_picture", "model/googlenet_yuv.om",
+           "classifier:data:3x224x224:1000:prob", ("--input_format=NCHW", "AIPP_YUV:224x224"),
+           ("src/classify.py", "../data/"), "data"),
+    Sample("googlenet_onnx_picture", f"{C1}/googlenet_onnx_picture", "model/googlenet_yuv.om",
+           "classifier:actual_input_1:3x224x224:1000:", ("--input_format=NCHW", "AIPP_YUV:224x224"),
+           ("src/classify.py", "../data/"), "data"),
+    Sample("googlenet_imagenet_multi_batch", f"{C1}/googlenet_imagenet_multi_batch", "model/googlenet_yuv.om",
+           "classifier:data:10x3x224x224:1000:prob", ("--input_format=NCHW", "AIPP_YUV:224x224"),
+           ("src/classify.py", "../data/"), "data"),
+    Sample("googlenet_imagenet_dynamic_batch", f"{C1}/googlenet_imagenet_dynamic_batch",
+           "model/googlenet_dynamic_batch.om", "classifier:data:Nx3x224x224:1000:prob",
+           ("--input_shape=data:-1,3,224,224", "--input_format=NCHW", "--dynamic_batch_size=1,2,4,8",
+            "AIPP_YUV:224x224"), ("src/classify.py", "../data/"), "data"),
+    Sample("inceptionv3_picture", f"{C1}/inceptionv3_picture", "model/InceptionV3.om",
+           "classifier:actual_input_1:3x300x300:1000:", ("--input_format=NCHW", "AIPP_YUV:336x336:300x300@18,18"),
+           ("src/classify.py", "../data/"), "data"),
+    Sample("vgg16_cat_dog_picture", f"{C1}/vgg16_cat_dog_picture", "model/vgg16_cat_dog.om",
+           "classifier:input_1:3x224x224:2:", ("--output_type=FP32", "AIPP_YUV:224x256:224x224@0,16"),
+           ("src/main.py",), "data", ("cv2",)),
+    Sample("garbage_picture", "contrib/garbage_picture", "model/garbage_yuv.om", "classifier:data:3x224x224:40:",
+           ("--input_format=NCHW", "AIPP_YUV:224x224"), ("src/classify_test.py", "../data/"), "data"),
+    Sample("gesture_recognition_picture", "contrib/gesture_recognition_picture", "model/gesture_yuv.om",
+           "classifier:data:3x224x224:20:", ("--input_format=NCHW", "AIPP_YUV:256x224:224x224@16,0"),
+           ("src/main.py", "../data/"), "data"),
+    Sample("crowd_count_picture", "contrib/crowd_count_picture", "model/count_person.caffe.om",
+           "conv_map:blob1:3x800x1408:1x800x1408", ("--input_format=NCHW", "AIPP_YUV:1408x800"),
+           ("src/main.py", "../data/"), "data", ("cv2",)),
+    Sample("portrait_picture", "contrib/portrait_picture", "model/portrait.om", "conv_map:Inputs/x_input:3x224x224:2x224x224",
+           ("--output_type=FP32", "AIPP_YUV:224x224"), ("src/main.py",), "data", ("cv2",),
+           extra_images=("background.jpg",), sizes=((300, 260), (300, 260))),  # blended with the background
+    Sample("cartoonGAN_picture", "contrib/cartoonGAN_picture", "model/cartoonization.om",
+           "picture_out:train_real_A:256x256", ("--output_type=FP32", "AIPP_YUV:256x256"),
+           ("src/cartoonization.py", "../data/"), "data", ("cv2",)),
+    Sample("animeGAN_picture", "level2_simple_inference/6_other/animeGAN_picture", "model/AnimeGANv2_256.om",
+           "picture_out:test:256x256", ("--output_type=FP32", "AIPP_YUV:256x256"), ("src/AnimeGAN.py", "../data/", "256"),
+           "data", ("cv2",)),
+]
 AIPP_RGB = {"aipp_mode": "static", "related_input_rank": 0, "input_format": "RGB888_U8", "csc_switch": False,
             "rbuv_swap_switch": False, **{f"var_reci_chn_{c}": 0.0171 for c in range(3)},
             **{f"min_chn_{c}": v for c, v in enumerate((123.675, 116.28, 103.53))}}
+
+
+# The one YUV420SP aipp.cfg in Ascend/samples (the others are downloaded from OBS): CSC with ATC's default matrix,
+# min_chn 123/117/104, src 224x224. A sample's AIPP_YUV:SRCWxSRCH[:CROPWxCROPH@X,Y] is this file with the source size
+# the sample's resize makes and, where the model is smaller, a crop of it [INFER: the downloaded configs' sizes].
+OFFICIAL_AIPP = "level2_simple_inference/1_classification/vpc_resnet50_imagenet_classification/caffe_model/aipp.cfg"
+
+
+def yuv_aipp_cfg(official: str, token: str) -> str:
+    """The official aipp.cfg's text with another source size, and a crop (`token`: AIPP_YUV:...)."""
+    _, source, *crop = token.split(":")
+    width, height = source.split("x")
+    text = re.sub(r"src_image_size_w : \d+", f"src_image_size_w : {width}", official)
+    text = re.sub(r"src_image_size_h : \d+", f"src_image_size_h : {height}", text)
+    if crop:
+        size, start = crop[0].split("@")
+        (crop_w, crop_h), (left, top) = size.split("x"), start.split(",")
+        text = re.sub(r"load_start_pos_h : \d+", f"load_start_pos_h : {top}", text)
+        text = re.sub(r"load_start_pos_w : \d+", f"load_start_pos_w : {left}", text)
+        text = text.replace("}", f"\tcrop : true\n\tcrop_size_w : {crop_w}\n\tcrop_size_h : {crop_h}\n}}", 1)
+    return text
 
 
 # --- stand-in models ------------------------------------------------------------------------------------------
@@ -118,6 +188,7 @@ def classifier(spec: str) -> onnx.ModelProto:
     TensorFlow model's layout)."""
     _, name, dims, classes, softmax, *layout = spec.split(":") + [""]
     sizes = [int(d) if d.isdigit() else d for d in dims.split("x")]
+    batch = sizes.pop(0) if len(sizes) == 4 else 1  # NxCxHxW: a batch (N: dynamic)
     nhwc = layout[0] == "nhwc"
     c, h, w = (sizes[2], sizes[0], sizes[1]) if nhwc else sizes
     rng = np.random.default_rng(0)
@@ -134,7 +205,8 @@ def classifier(spec: str) -> onnx.ModelProto:
     inits = [numpy_helper.from_array(_weights(rng, 16, c, 3, 3), "cw"), numpy_helper.from_array(
         np.zeros(16, np.float32), "cb"), numpy_helper.from_array(_weights(rng, int(classes), 16) * 4, "fw"),
         numpy_helper.from_array(np.zeros(int(classes), np.float32), "fb")]
-    return _model(nodes, [(name, [1, h, w, c] if nhwc else [1, c, h, w])], [("logits", [1, int(classes)])], inits)
+    return _model(nodes, [(name, [batch, h, w, c] if nhwc else [batch, c, h, w])], [("logits", [batch, int(classes)])],
+                  inits)
 
 
 def image_to_image(spec: str) -> onnx.ModelProto:
@@ -216,7 +288,21 @@ def _heads(name: str, chw, channels: int, kernels, bias) -> onnx.ModelProto:
     return _model(nodes, [(name, [1, c, h, w])], outputs, inits)
 
 
-STAND_INS = {"classifier": classifier, "image_to_image": image_to_image, "two_vectors": two_vectors,
+def picture_out(spec: str) -> onnx.ModelProto:
+    """`picture_out:NAME:HxW`: an NCHW picture in (what AIPP feeds), an NHWC picture of the same size out (Conv +
+    Tanh), like the GANs whose output the samples turn back into an image."""
+    _, name, hw = spec.split(":")
+    h, w = (int(d) for d in hw.split("x"))
+    rng = np.random.default_rng(0)
+    nodes = [helper.make_node("Conv", [name, "cw", "cb"], ["conv"], name="conv", kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+             helper.make_node("Tanh", ["conv"], ["tanh"], name="tanh"),
+             helper.make_node("Transpose", ["tanh"], ["picture"], name="to_nhwc", perm=[0, 2, 3, 1])]
+    inits = [numpy_helper.from_array(_weights(rng, 3, 3, 3, 3) * 0.01, "cw"),
+             numpy_helper.from_array(np.zeros(3, np.float32), "cb")]
+    return _model(nodes, [(name, [1, 3, h, w])], [("picture", [1, h, w, 3])], inits)
+
+
+STAND_INS = {"classifier": classifier, "picture_out": picture_out, "image_to_image": image_to_image, "two_vectors": two_vectors,
              "conv_map": conv_map, "yolo_heads": yolo_heads, "strided_heads": strided_heads}
 
 
@@ -230,13 +316,14 @@ def _model(nodes, inputs, outputs, inits) -> onnx.ModelProto:
 
 
 # --- preparing a sample ---------------------------------------------------------------------------------------
-def prepare(sample: Sample, folder: Path) -> None:
-    """Build the stand-in .om where the sample looks for its model, and its input files."""
+def prepare(sample: Sample, folder: Path, official_aipp: str = "") -> None:
+    """Build the stand-in .om where the sample looks for its model, and its input files; `official_aipp` is the
+    samples' own YUV420SP aipp.cfg (OFFICIAL_AIPP), the base of every AIPP_YUV config."""
     for name, text in sample.extra_files.items():
         (folder / name).parent.mkdir(parents=True, exist_ok=True)
         (folder / name).write_text(text, encoding="utf-8")
     if sample.images:
-        _images(folder / sample.images)
+        _images(folder / sample.images, sample.sizes, sample.extra_images)
     (folder / "out").mkdir(exist_ok=True)
     if not sample.model:
         return
@@ -249,6 +336,10 @@ def prepare(sample: Sample, folder: Path) -> None:
 
         write_insert_op_cfg(folder / "aipp.cfg", AIPP_RGB)
         options[options.index("AIPP_RGB")] = f"--insert_op_conf={folder / 'aipp.cfg'}"
+    for index, option in enumerate(options):
+        if option.startswith("AIPP_YUV:"):
+            (folder / "insert_op.cfg").write_text(yuv_aipp_cfg(official_aipp, option), encoding="utf-8")
+            options[index] = f"--insert_op_conf={folder / 'insert_op.cfg'}"
     base = folder / sample.model[:-len(".om")]
     base.parent.mkdir(parents=True, exist_ok=True)
     argv = [f"--model={onnx_path}", "--framework=5", f"--output={base}", "--soc_version=Ascend310", *options]
@@ -260,16 +351,18 @@ def prepare(sample: Sample, folder: Path) -> None:
         raise RuntimeError(f"atc-sim refused the stand-in: {first.strip() or printed.getvalue().strip()}")
 
 
-def _images(folder: Path) -> None:
-    """Two deterministic photos-like JPEGs (gradients and a disc), 300x260 and 256x256."""
+def _images(folder: Path, sizes: tuple, extra: tuple = ()) -> None:
+    """Deterministic photo-like JPEGs (gradients and a disc) of the given sizes, and the `extra` names a sample
+    opens (at the first size)."""
     from PIL import Image
 
     folder.mkdir(parents=True, exist_ok=True)
-    for index, (w, h) in enumerate(((300, 260), (256, 256))):
+    named = [(f"picture{i}.jpg", size) for i, size in enumerate(sizes)] + [(name, sizes[0]) for name in extra]
+    for index, (name, (w, h)) in enumerate(named):
         yy, xx = np.mgrid[0:h, 0:w]
         disc = ((yy - h / 2) ** 2 + (xx - w / 3) ** 2 < (h / 4) ** 2) * 120
         pixels = np.stack([xx * 255 // w, yy * 255 // h, disc + 60 * index], axis=-1).clip(0, 255).astype(np.uint8)
-        Image.fromarray(pixels).save(folder / f"picture{index}.jpg", quality=95)
+        Image.fromarray(pixels).save(folder / name, quality=95)
 
 
 # --- running and checking -------------------------------------------------------------------------------------
@@ -368,13 +461,13 @@ def main(argv=None) -> int:
     work = args.work or Path(tempfile.mkdtemp(prefix="atlas-kd-samples-"))
     shutil.copytree(python / "common", work / "common", dirs_exist_ok=True)
     results = []
-    for sample in SAMPLES:
+    for sample in SAMPLES + DVPP_SAMPLES:
         if args.only and sample.name not in args.only:
             continue
         folder = work / sample.path
         shutil.copytree(python / sample.path, folder, dirs_exist_ok=True)  # beside work/common, as in python/
         try:
-            prepare(sample, folder)
+            prepare(sample, folder, (python / OFFICIAL_AIPP).read_text(encoding="utf-8"))
             outcome = run(sample, folder)
         except (RuntimeError, OSError, subprocess.SubprocessError) as e:
             outcome = {"sample": sample.name, "result": "failed", "why": str(e)}

@@ -93,3 +93,42 @@ def test_the_record_holds_the_om_metadata_and_the_board_side_arrays(tmp_path):
     data = np.load(record)
     assert json.loads(str(data["meta"]))["inputs"][0]["dtype"] == "float16"
     assert data["input0"].dtype == np.float16 and data["output0"].shape == (1, 512, 512, 3)
+
+
+# The fields of Ascend/samples' YUV420SP aipp.cfg (vpc_resnet50_imagenet_classification/caffe_model/aipp.cfg), in its
+# layout (tabs, " : ", a trailing space); run_samples.sh reads the file itself from the checkout.
+OFFICIAL_LIKE = ("aipp_op {\n\taipp_mode : static\n\trelated_input_rank : 0\n\tinput_format : YUV420SP_U8\n"
+                 "\tcsc_switch : true\n\trbuv_swap_switch : false \n\tvar_reci_chn_0 : 1\n\tvar_reci_chn_1 : 1\n"
+                 "\tvar_reci_chn_2 : 1\n\tmin_chn_0 : 123\n\tmin_chn_1 : 117\n\tmin_chn_2 : 104\n"
+                 "\tload_start_pos_h : 0\n\tload_start_pos_w : 0\n\tsrc_image_size_w : 224\n\tsrc_image_size_h : 224\n}\n")
+
+
+def test_a_yuv_aipp_token_sets_the_source_size_and_the_crop():
+    from atlas.aipp import parse_insert_op_cfg
+
+    (plain,) = parse_insert_op_cfg(sample_models.yuv_aipp_cfg(OFFICIAL_LIKE, "AIPP_YUV:1408x800"))
+    assert (plain["src_image_size_w"], plain["src_image_size_h"]) == (1408, 800) and "crop" not in plain
+    (cropped,) = parse_insert_op_cfg(sample_models.yuv_aipp_cfg(OFFICIAL_LIKE, "AIPP_YUV:256x224:224x224@16,0"))
+    assert cropped["crop"] and (cropped["load_start_pos_w"], cropped["load_start_pos_h"]) == (16, 0)
+    assert (cropped["crop_size_w"], cropped["crop_size_h"], cropped["min_chn_0"]) == (224, 224, 123.0)
+
+
+def test_every_dvpp_stand_in_is_accepted_by_atc_sim_with_its_aipp_config(tmp_path):
+    for sample in sample_models.DVPP_SAMPLES:
+        if sample.model:
+            sample_models.prepare(sample, tmp_path / sample.name, OFFICIAL_LIKE)
+            assert (tmp_path / sample.name / sample.model).is_file(), sample.name
+
+
+def test_a_recorded_yuv420sp_execution_is_checked_through_the_csc_and_the_crop(tmp_path):
+    sample = next(s for s in sample_models.DVPP_SAMPLES if s.name == "inceptionv3_picture")  # 336 -> crop 300
+    sample_models.prepare(sample, tmp_path, OFFICIAL_LIKE)
+    frames = np.random.default_rng(0).integers(0, 256, (1, 336 * 3 // 2, 336), dtype=np.uint8)
+    execute_once(tmp_path / sample.model, [frames])
+    (record,) = sorted((tmp_path / "records").glob("*.npz"))
+    assert np.load(record)["input0"].shape == (1, 504, 336)
+    assert sample_models.check_record(record)["ok"]
+    arrays = dict(np.load(record))
+    arrays["output0"] = arrays["output0"][..., ::-1].copy()  # negative control: the scores in the wrong order
+    np.savez(record, **arrays)
+    assert not sample_models.check_record(record)["ok"]

@@ -89,7 +89,8 @@ class Memory:
             inside = self._find_allocation(ptr)
             if inside is not None:
                 raise Fail(FREE_FAILED, f"0x{ptr:x} points inside {inside.describe()}, not at its start")
-            raise Fail(FREE_FAILED, f"0x{ptr:x} was never allocated by acl.rt.malloc/malloc_host")
+            raise Fail(FREE_FAILED, f"0x{ptr:x} was never allocated by acl.rt.malloc/malloc_host or "
+                                    "acl.media.dvpp_malloc (or acl.finalize released it)")
         if region.kind != kind:
             other = {"device": "acl.rt.free", "host": "acl.rt.free_host", "dvpp": "acl.media.dvpp_free"}[region.kind]
             raise Fail(FREE_FAILED, f"{call} on {region.describe()}: free it with {other}")

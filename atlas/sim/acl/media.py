@@ -25,7 +25,7 @@ from atlas.board import acl_consts as C
 
 from ._errors import Fail
 from ._state import STATE, api, warn
-from .rt import stream_of
+from .rt import _release, stream_of
 
 INVALID = C.ACL_ERROR_INVALID_PARAM
 YUV420SP = (C.PIXEL_FORMAT_YUV_SEMIPLANAR_420, C.PIXEL_FORMAT_YVU_SEMIPLANAR_420)
@@ -112,11 +112,8 @@ def dvpp_malloc(size):
 
 @api("acl.media.dvpp_free")
 def dvpp_free(dev_ptr):
-    if not dev_ptr:
-        raise Fail(INVALID, "dvpp_free: dev_ptr is null")
-    STATE.require_context()
-    STATE.memory.release(dev_ptr, "dvpp", "acl.media.dvpp_free")
-    return C.ACL_SUCCESS
+    """Free dvpp_malloc memory; like acl.rt.free it needs no context (rt.py _release)."""
+    return _release(dev_ptr, "dvpp", "acl.media.dvpp_free")
 
 
 # -- channels -------------------------------------------------------------------------------------------------

@@ -329,10 +329,11 @@ def malloc_host(size):
 
 
 def _release(ptr, kind: str, call: str) -> int:
+    """Free an allocation; no context needed: the runtime falls back to the NPU driver (RT8 api_impl.cc DevFree
+    L2357-2385, DevDvppFree L2396-2406), as apps free in destructors after destroy_context."""
     _not_null(call, ptr=ptr)
-    STATE.require_context()
     other = STATE.memory.kind_of(ptr)
-    if STATE.run_mode == C.ACL_DEVICE and other in ("device", "host") and other != kind:
+    if STATE.run_mode == C.ACL_DEVICE and {kind, other} == {"device", "host"}:
         # On the board malloc_host memory is device memory (spec §1.2) and one driver call frees both [INFER];
         # dvpp_malloc memory is not theirs to free (docs/emulator.md D05)
         warn(call, f"0x{ptr:x} came from the other allocator; the board frees it, a PCIe host would not")
