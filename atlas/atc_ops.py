@@ -80,6 +80,9 @@ OPS: dict[str, OpRow] = {
     "LessOrEqual": OpRow(_opsets("8-15"), "DOC SRC"),
     "SoftmaxCrossEntropyLoss": OpRow(_opsets("12-15"), "SRC"),
     "Trilu": OpRow(_opsets("14-15"), "SRC DOC", "without the k input"),
+    # AMCT's deploy-model ops (atlas/quant_ops.py): default domain, ATC plugin keys ai.onnx::8..13 (canndev
+    # onnx_plugin ascend_quant_plugin.cc / ascend_dequant_plugin.cc; the AMCT notes, docs/int8.md)
+    **_rows("8-13", "SRC", "AscendQuant AscendDequant AscendAntiQuant", "from AMCT's deploy model (quantize)"),
 }
 
 # no parser at any opset: ATC fails with E19010 (spec "Not supported" list)

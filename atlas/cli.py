@@ -5,6 +5,7 @@ The pipeline, in order (docs/architecture.md has what each reads and writes in t
     train    training/train.py      train(cfg, run)      -> train.json, teacher/student/baseline.pt
     prune    training/prune_stage.py prune(cfg, run)     -> <run>/pruned/ (a derived run), prune.json
     export   export/stage.py        export(cfg, run)     -> model.onnx, golden/, export.json
+    quantize export/quant/stage.py  quantize(cfg, run)   -> <run>/int8/ (a derived run), quant.json
     om       atlas/om_stage.py      build_om(cfg, run)   -> model.om, atc.json
     deploy   atlas/deploy.py        deploy(cfg, run)     -> board/, deploy.json
     verify   atlas/verify.py        verify(cfg, run)     -> verify.json, report.md
@@ -166,6 +167,30 @@ def _export(args: argparse.Namespace) -> int:
     if not cfg.export.onnx and source is None:
         raise UserError(f"{run} has no config.json: train first (atlas-kd train), or pass --config / --onnx")
     export(cfg, run)
+    return 0
+
+
+# --- quantize ---------------------------------------------------------------------------------------------
+
+def _quantize_options(p: argparse.ArgumentParser) -> None:
+    _run_option(p)
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_config_arguments(p, sections=["data", "quant"], aliases=(
+        Alias("--calibration", "quant.calibration", help="your own preprocessed calibration inputs instead of a "
+              "draw from the training split", metavar="FILE.npy"),
+        Alias("--qat", "quant.qat", "true", help="first fine-tune with fake quantisation and KD from the run's "
+              "teacher (when PTQ misses the budget)"),
+        Alias("--amct", "quant.amct", "true", help="Huawei's AMCT where amct_onnx imports; elsewhere prepare its "
+              "folder and print what to run on the toolkit machine"),
+        Alias("--weight-bits", "quant.weight_bits", help="weight bits (stored as int8)", metavar="N"),
+    ))
+
+
+def _quantize(args: argparse.Namespace) -> int:
+    from export.quant.stage import quantize
+
+    cfg, run, _ = config_and_run(args)
+    quantize(cfg, run, progress=_progress(args))
     return 0
 
 
@@ -408,6 +433,8 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
     "prune": ("remove channels (and/or zero FC weights) from a trained student and fine-tune it with KD",
               _prune_options, _prune),
     "export": ("student checkpoint -> simplified, linted ONNX + golden reference", _export_options, _export),
+    "quantize": ("INT8 post-training quantisation (AMCT's scheme) into <run>/int8/, a derived run; --qat, --amct",
+                 _quantize_options, _quantize),
     "om": ("ONNX -> .om with ATC (or atc-sim with --sim); --inspect FILE.om", _om_options, _om),
     "deploy": ("push the model, the app and the golden inputs to a board and run there", _deploy_options, _deploy),
     "verify": ("compare the board's outputs with the onnxruntime reference", _verify_options, _verify),

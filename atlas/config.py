@@ -128,6 +128,35 @@ class VerifyConfig:
     min_cosine: float = 0.999
     board_dir: str = ""  # folder with a board's outputs.npy; empty: the folders deploy.json lists
     locate: bool = False  # on a FAIL, run `atlas-kd locate` to find the first tensor that diverges
+    # an int8 run (quantize's derived run): the board against the int8 CPU reference (near exact), and against
+    # the fp32 reference (the quantisation error the user pays)
+    int8_min_top1_agreement: float = 0.999
+    int8_min_cosine: float = 0.999
+    int8_fp32_min_top1_agreement: float = 0.98
+    int8_fp32_min_cosine: float = 0.95
+
+
+@dataclass
+class QuantConfig:
+    """`atlas-kd quantize`: the calibration set, AMCT's default scheme (docs/int8.md), the budget, QAT, AMCT."""
+
+    calibration_count: int = 32  # drawn from the training split, class-balanced (AMCT advises at most 50)
+    calibration_seed: int = 0
+    calibration: str = ""  # your own preprocessed calibration inputs (.npy) instead of the draw
+    activation_offset: bool = True  # AMCT's default: asymmetric activations (with an offset); false: symmetric
+    channel_wise: bool = True  # one weight scale per Conv output channel (AMCT's default; a Gemm has one)
+    weight_bits: int = 8  # 2-8, stored as int8 either way (fewer bits: a study of where PTQ breaks)
+    max_percentile: float = 0.999999  # IFMR's initial clip points ...
+    min_percentile: float = 0.999999
+    search_start: float = 0.7  # ... and the search of the max: [start, end) in steps
+    search_end: float = 1.3
+    search_step: float = 0.01
+    skip_layers: list[str] = field(default_factory=list)  # node names kept in float
+    budget_pts: float = 0.3  # the accuracy PTQ may cost, in points; beyond it, try --qat
+    amct: bool = False  # Huawei's AMCT (amct_onnx) instead of atlas-kd's quantiser
+    qat: bool = False  # fine-tune with fake quantisation and KD from the run's teacher, then quantise
+    qat_epochs: int = 3
+    qat_lr: float = 0.01
 
 
 @dataclass
@@ -155,12 +184,13 @@ class Config:
     deploy: DeployConfig = field(default_factory=DeployConfig)
     verify: VerifyConfig = field(default_factory=VerifyConfig)
     locate: LocateConfig = field(default_factory=LocateConfig)
+    quant: QuantConfig = field(default_factory=QuantConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-SECTIONS = ["data", "teacher", "student", "distill", "compress", "export", "om", "deploy", "verify", "locate"]
+SECTIONS = ["data", "teacher", "student", "distill", "compress", "export", "om", "deploy", "verify", "locate", "quant"]
 
 
 # --- loading -------------------------------------------------------------------------------------------

@@ -44,6 +44,7 @@ def build_om(cfg: Config, run: str | Path | rf.Run, *, echo: TextIO | None = Non
     if not onnx_path.is_file():
         raise UserError(f"{onnx_path}: ONNX model not found" + ("" if export is None else
                         f" (export.json names it): re-run `atlas-kd export --run {run}` (make onnx)"))
+    refuse_quantised_build(onnx_path, om)
     run.create()
     inputs = atc_tool.read_onnx_inputs(onnx_path)
     if om.lint:
@@ -114,6 +115,19 @@ def _finish(om: OmConfig, run: rf.Run, conversion: atc_tool.Conversion, onnx_pat
         raise atc_tool.AtcFailed(atc_tool.failure_summary(result, Path(rf.MODEL_OM), where),
                                  result.log.error_lines or result.output_lines[-20:])
     return record
+
+
+def refuse_quantised_build(onnx_path: Path, om: OmConfig) -> None:
+    """A quantised (AscendQuant) model with a dynamic-shape option or a high-precision mode: one line, before
+    anything is written (AMCT's constraints, atlas/quant_ops.py)."""
+    import onnx
+
+    from atlas import quant_ops
+
+    if quant_ops.is_quantized(onnx.load(str(onnx_path), load_external_data=False)):
+        problem = quant_ops.build_problem(om.precision_mode, atc_tool.dynamic_option(om.extra))
+        if problem:
+            raise UserError(f"{onnx_path}: {problem}")
 
 
 def lint_or_fail(onnx_path: Path, board_memory_mib: int, dynamic_option: str | None = None) -> None:

@@ -5,7 +5,7 @@ files named here. A record is a dict with the keys later stages rely on, checked
 the file when it is missing, corrupt or not what it claims to be) and written atomically. Records are extensible:
 a subclass of `Record` with its file name is a new record; extra keys in a record are kept. Freshness: records keep
 the sha256 of what their stage consumed, so a later stage can tell when an input was rebuilt since (`stale_*`).
-A derived run (a pruned variant today) is a run folder of its own inside its parent: `<run>/pruned/`.
+A derived run is a run folder of its own inside its parent: `<run>/pruned/`, `<run>/int8/`, `<run>/locate/`.
 
 `atlas/board/` ships alone to the board and keeps its own copies of the board-side names (a test checks they
 equal the ones here).
@@ -50,6 +50,22 @@ PRUNED = "pruned"  # prune: the derived run
 LOCATE = "locate"  # locate: the derived run with the extra outputs (and bisect-<k>/ prefix models inside)
 LOCATE_CSV = "locate.csv"  # locate, in the parent run: one row per observed tensor
 LOCATE_PLOT = "locate.png"  # error along depth
+INT8 = "int8"  # quantize: the derived run (its model.onnx is the deploy model, AscendQuant/AscendDequant)
+INT8_REFERENCE_ONNX = "model.fake_quant.onnx"  # quantize: the int8 CPU reference (AMCT's fake-quant form)
+CALIBRATION_INPUTS = "calibration/inputs.npy"  # quantize: the calibration set as AMCT takes it (model inputs)
+CALIBRATION_LABELS = "calibration/labels.npy"
+GOLDEN_REFERENCE_FP32 = "golden/reference_fp32.npy"  # quantize: the fp32 reference beside the int8 one
+GOLDEN_REFERENCE_FP32_NPZ = "golden/reference_fp32.npz"
+QAT_STUDENT = "qat-student.pt"  # quantize --qat: the fine-tuned student (not student.pt: export must not take it)
+QAT_ONNX = "model.qat.onnx"  # its fp32 ONNX, the model the int8 one is quantised from
+AMCT = "amct"  # quantize --amct, in the int8 run: what Huawei's AMCT takes and writes
+AMCT_ONNX = "amct/model.onnx"
+AMCT_CALIBRATION = "amct/calibration.npy"
+AMCT_SCRIPT = "amct/amct_calibrate.py"
+AMCT_PREFIX = "amct/model"  # AMCT's save_path: it writes <prefix>_deploy_model.onnx, <prefix>_fake_quant_model.onnx
+AMCT_DEPLOY = "amct/model_deploy_model.onnx"
+AMCT_FAKE_QUANT = "amct/model_fake_quant_model.onnx"
+AMCT_RECORD = "amct/amct.json"  # the sha256 of the model and calibration set AMCT quantised
 
 # --- on the board, under <deploy.remote_dir>/<run name>/ ------------------------------------------------------
 REMOTE_MODEL = "model.om"
@@ -271,6 +287,25 @@ class VerifyRecord(Record):
     REQUIRED = ("boards", "passed")
 
 
+class QuantRecord(Record):
+    FILE = "quant.json"
+    MADE_BY = "`atlas-kd quantize --run <the run {run} was quantised from>` (make quant)"
+    REQUIRED = ("accuracy", "layers", "bytes")
+
+    @property
+    def summary(self) -> str:
+        """One line: what int8 costs in accuracy and saves in weight bytes (quantize prints it, report.md shows it)."""
+        a, b, qat = self["accuracy"], self["bytes"], self.get("qat")
+        accuracy = "no labels: accuracy not judged" if a.get("drop_pts") is None else (
+            f"fp32 {100 * a['fp32']:.2f} % -> int8 {100 * a['int8']:.2f} % on {a['count']:,} images of the {a['on']} "
+            f"({-a['drop_pts']:+.2f} pts, budget {a['budget_pts']} pts{'' if a['within_budget'] else ': over it'})")
+        if qat:
+            accuracy += (f"; after QAT (PTQ alone {100 * qat['accuracy_ptq']:.2f} %, QAT recovered "
+                         + ("n/a" if qat["recovered"] is None else f"{100 * qat['recovered']:.0f} %") + " of the gap)")
+        return (f"int8 ({self.get('tool', 'atlas-kd')}): {accuracy}; weights {b['fp32']['weights']:,} -> "
+                f"{b['deploy']['weights']:,} bytes ({b['weights_ratio']:.2f}); {len(self['layers'])} int8 layers")
+
+
 class LocateRecord(Record):
     FILE = "locate.json"
     MADE_BY = "`atlas-kd locate --run {run}`"
@@ -278,7 +313,7 @@ class LocateRecord(Record):
 
 
 RECORDS: tuple[type[Record], ...] = (TrainRecord, PruneRecord, ExportRecord, AtcRecord, DeployRecord, VerifyRecord,
-                                     LocateRecord)
+                                     LocateRecord, QuantRecord)
 
 
 # --- freshness: is what a later stage consumed still what it was? ---------------------------------------------

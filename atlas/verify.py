@@ -8,6 +8,7 @@ in float16, so exact equality is not expected. Exit 0 pass, 1 fail, 2 error.
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -117,6 +118,16 @@ def board_dirs(run: rf.Run, board_dir: str | None, inputs: Path) -> list[Path]:
     return [run / rf.BOARD]
 
 
+def precision_thresholds(v: VerifyConfig, precision: str | None) -> tuple[VerifyConfig, VerifyConfig]:
+    """(against the run's reference, against the fp32 reference): an int8 run's board is held near exact to
+    the int8 CPU reference, and within the quantisation budget of the fp32 one."""
+    if precision != "int8":
+        return v, v
+    return (dataclasses.replace(v, min_top1_agreement=v.int8_min_top1_agreement, min_cosine=v.int8_min_cosine),
+            dataclasses.replace(v, min_top1_agreement=v.int8_fp32_min_top1_agreement,
+                                min_cosine=v.int8_fp32_min_cosine))
+
+
 def verify(cfg: Config, run: str | Path | rf.Run) -> rf.VerifyRecord:
     run = rf.as_run(run)
     run_dir = run.path
@@ -134,6 +145,9 @@ def verify(cfg: Config, run: str | Path | rf.Run) -> rf.VerifyRecord:
     inputs = export.board_inputs_path(run) if isinstance(board_input, dict) else run / rf.GOLDEN_INPUTS
     folders = board_dirs(run, cfg.verify.board_dir or None, inputs)
     require_writable([run_dir, *folders], "verify writes verify.json, report.md and confusion.png there")
+    thresholds, fp32_thresholds = precision_thresholds(cfg.verify, (export or {}).get("precision"))
+    fp32 = load_arrays(run / golden["reference_fp32"], "the fp32 reference", "the quantize stage (make quant)") \
+        if golden.get("reference_fp32") else None  # an int8 run: the fp32 model's outputs too
     results = []
     for folder in folders:
         board = board_outputs(folder, len(reference))
@@ -143,22 +157,31 @@ def verify(cfg: Config, run: str | Path | rf.Run) -> rf.VerifyRecord:
         for index, (ref_name, ref) in enumerate(reference.items()):
             name = names[index] if index < len(names) else ref_name
             metrics = compare(board[index], ref, labels, classes=index == class_output)
-            failed += judge(metrics, cfg.verify, name if len(reference) > 1 else "")
+            failed += judge(metrics, thresholds, name if len(reference) > 1 else "")
             per_output.append({"name": name, "metrics": metrics})
+        versus_fp32 = None
+        if fp32 is not None:  # the quantisation error the user pays, judged by its own (looser) thresholds
+            versus_fp32 = compare(board[class_output or 0], list(fp32.values())[class_output or 0], labels,
+                                  classes=class_output is not None)
+            failed += judge(versus_fp32, fp32_thresholds, "vs fp32")
         timing = read_json(folder / rf.BOARD_TIMING) if (folder / rf.BOARD_TIMING).exists() else {}
         first, first_ref = board[0], next(iter(reference.values()))
         entry = {"board_dir": str(folder.relative_to(run_dir)) if folder.is_relative_to(run_dir) else str(folder),
                  "metrics": per_output[0]["metrics"], "outputs": per_output, "passed": not failed, "failed": failed,
                  "latency_ms": timing.get("latency_ms"), "throughput_images_per_s": timing.get("throughput_images_per_s"),
-                 "model_load_ms": timing.get("model_load_ms"), "acl": timing.get("acl")}
+                 "model_load_ms": timing.get("model_load_ms"), "acl": timing.get("acl"), "vs_fp32": versus_fp32}
         if first_ref.ndim == 2 and len(labels) and (labels >= 0).all():  # class outputs with labels
             confusion = _confusion(first.argmax(axis=1), labels, int(first_ref.shape[1]))
             png = folder / rf.CONFUSION
             _plot_confusion(png, confusion, f"board predictions vs labels ({folder.name})")
             entry.update(confusion_matrix=confusion.tolist(), confusion_png=str(png.name))
         results.append(entry)
-    report = rf.VerifyRecord({"thresholds": {"min_top1_agreement": cfg.verify.min_top1_agreement,
-                                             "min_cosine": cfg.verify.min_cosine},
+    report = rf.VerifyRecord({"thresholds": {"min_top1_agreement": thresholds.min_top1_agreement,
+                                             "min_cosine": thresholds.min_cosine,
+                                             "precision": (export or {}).get("precision") or "fp16",
+                                             "vs_fp32": None if fp32 is None else {
+                                                 "min_top1_agreement": fp32_thresholds.min_top1_agreement,
+                                                 "min_cosine": fp32_thresholds.min_cosine}},
                               "boards": results, "passed": all(r["passed"] for r in results)})
     report.write(run)
     write_text(run / rf.REPORT, render_report(run_dir, report))
@@ -225,6 +248,9 @@ def render_report(run_dir: Path, report: dict) -> str:
                   f"soc {atc.get('soc_version')}, precision {atc.get('precision_mode')}, "
                   f"{atc.get('duration_s', 0):.1f} s, .om {(atc.get('om') or {}).get('bytes') or 0:,} bytes.", "",
                   f"`{atc.get('rerun_command_line') or atc.get('command_line', '')}`", ""]
+    quant = rf.QuantRecord.read_for_report(run_dir) or rf.QuantRecord.read_for_report(run_dir / rf.INT8)
+    if quant:
+        lines += ["## INT8", "", quant.summary, ""]
     if deploy:
         lines += ["## Deploy", ""]
         for b in deploy["boards"]:
@@ -234,9 +260,11 @@ def render_report(run_dir: Path, report: dict) -> str:
             else:
                 lines.append(f"- {b['board']}: FAILED: {b['error']}")
         lines.append("")
-    t = report["thresholds"]
+    t, f = report["thresholds"], report["thresholds"].get("vs_fp32")
+    versus = (f" Against the fp32 reference (an int8 run): top-1 agreement >= {100 * f['min_top1_agreement']:.1f} %, "
+              f"min cosine >= {f['min_cosine']}." if f else "")
     lines += ["## Verify", "", f"Thresholds: top-1 agreement >= {100 * t['min_top1_agreement']:.1f} %, "
-              f"min cosine >= {t['min_cosine']}.", "",
+              f"min cosine >= {t['min_cosine']}.{versus}", "",
               "| board | top-1 agreement | min cosine | mean cosine | max abs err | board acc | reference acc | "
               "p50 ms | p99 ms | images/s | result |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in report["boards"]:
@@ -250,6 +278,12 @@ def render_report(run_dir: Path, report: dict) -> str:
             m = o["metrics"]
             lines.append(f"| {r['board_dir']} output {o['name']} | {_pct(m['top1_agreement'])} | {m['cosine_min']:.7f} | "
                          f"{m['cosine_mean']:.7f} | {m['max_abs_error']:.2e} | | | | | | |")
+    for r in report["boards"]:
+        m = r.get("vs_fp32")
+        if m:
+            lines.append(f"| {r['board_dir']} vs the fp32 reference | {_pct(m['top1_agreement'])} | {m['cosine_min']:.7f} | "
+                         f"{m['cosine_mean']:.7f} | {m['max_abs_error']:.2e} | {_pct(m['accuracy_board'])} | "
+                         f"{_pct(m['accuracy_reference'])} | | | | |")
     lines += [""] + [f"![confusion matrix]({r['board_dir']}/{r['confusion_png']})" for r in report["boards"]
                      if r.get("confusion_png")]
     if any(r.get("acl") == "sim" for r in report["boards"]):
@@ -271,6 +305,11 @@ def format_summary(run_dir: Path, report: dict) -> str:
                      f"board accuracy {_pct(m['accuracy_board'])} (reference {_pct(m['accuracy_reference'])}); "
                      f"latency p50 {lat.get('p50', 'n/a')} ms, p99 {lat.get('p99', 'n/a')} ms, "
                      f"{r.get('throughput_images_per_s') or 'n/a'} images/s -> {'PASS' if r['passed'] else 'FAIL'}")
+        if r.get("vs_fp32"):
+            m = r["vs_fp32"]
+            lines.append(f"  vs the fp32 reference (the quantisation error): top-1 agreement {_pct(m['top1_agreement'])}, "
+                         f"min cosine {m['cosine_min']:.7f}, board accuracy {_pct(m['accuracy_board'])} (fp32 "
+                         f"{_pct(m['accuracy_reference'])})")
         for o in r["outputs"] if len(r["outputs"]) > 1 else ():
             lines.append(f"  output {o['name']}: min cosine {o['metrics']['cosine_min']:.7f}, max |diff| "
                          f"{o['metrics']['max_abs_error']:.2e}, top-1 agreement {_pct(o['metrics']['top1_agreement'])}")

@@ -21,7 +21,7 @@ import onnx
 from google.protobuf.descriptor import FieldDescriptor
 from onnx import AttributeProto, TensorProto, helper, numpy_helper
 
-from atlas import atc_ops, protowire
+from atlas import atc_ops, protowire, quant_ops
 from atlas.atc_rules import (BOARD_MEMORY_MIB, dynamic_axes, DEFAULT_DOMAINS, DEFAULT_MAX_BOARD_BYTES, ERROR, LARGE_TENSOR_BYTES,
                              NEWER_CANN_OPSETS, PROTOBUF_LIMIT_BYTES, RULES, SUPPORTED_OPSET, UNREADABLE_RULES,
                              WARNING)
@@ -373,6 +373,8 @@ class _ModelContext:
         self.checkable_failure = ""  # why no checker-safe copy could be made of a malformed model
         try:
             self.checkable, self.checkable_note = _checkable_copy(model)
+            if self.checkable is not None:  # a deploy model: the checker and shape inference see its float form
+                self.checkable = quant_ops.float_view(self.checkable)
         except Exception as e:
             self.checkable, self.checkable_note = None, ""
             self.checkable_failure = f"{type(e).__name__}: {e}"
@@ -720,6 +722,38 @@ def _check_log_softmax(node: onnx.NodeProto, target: str, context: _ModelContext
                        "ATC takes -1 (spec atc-onnx-ops.md)", "write the axis out")
 
 
+def _check_ascend_quant(node: onnx.NodeProto, target: str, context: _ModelContext) -> Iterator[Finding]:
+    """AMCT's AscendQuant: a finite scale (1/scale_d) within fp16 range, an integer int8 offset, INT8 output."""
+    scale, offset = _float(node, "scale", 0.0), _float(node, "offset", 0.0)
+    dst_type = _string(node, "dst_type", quant_ops.DST_TYPE)
+    if not (math.isfinite(scale) and 0 < abs(scale) <= FP16_MAX):
+        yield _refused(target, f"AscendQuant scale={scale:g} (must be a finite non-zero 1/scale_d within fp16 "
+                       "range; the GE doc asks for sqrt_mode beyond it)", "quantise again (atlas-kd quantize)")
+    if not (offset == int(offset) and quant_ops.INT8_MIN <= offset <= quant_ops.INT8_MAX):
+        yield _refused(target, f"AscendQuant offset={offset:g} (must be an integer in -128..127)",
+                       "quantise again (atlas-kd quantize)")
+    if dst_type != quant_ops.DST_TYPE:
+        yield _refused(target, f"AscendQuant dst_type={dst_type} (the Ascend 310 takes INT8)",
+                       "quantise to int8")
+
+
+def _check_ascend_dequant(node: onnx.NodeProto, target: str, context: _ModelContext) -> Iterator[Finding]:
+    """AMCT's AscendDequant: a uint64 deq_scale constant whose low words are finite factors, dtype DT_FLOAT/16."""
+    dtype = _int(node, "dtype", quant_ops.DT_FLOAT)
+    if dtype not in (quant_ops.DT_FLOAT, quant_ops.DT_FLOAT16):
+        yield _refused(target, f"AscendDequant dtype={dtype} (0: DT_FLOAT or 1: DT_FLOAT16)", "quantise again")
+    param = _input(node, 1)
+    value = context.constant_value(param) if param is not None else None
+    if value is None or value.dtype != np.uint64:
+        yield _refused(target, "AscendDequant without a constant uint64 deq_scale (its second input)",
+                       "quantise again (atlas-kd quantize)")
+        return
+    deq, shift, offset_w = quant_ops.unpack_deq_scale(value)
+    if not np.isfinite(deq).all() or (deq == 0).any() or shift.any() or offset_w.any():
+        yield _refused(target, "AscendDequant deq_scale holds a zero or non-finite factor, or a shift_bit / offset_w "
+                       "(plain int8 has neither)", "quantise again (atlas-kd quantize)")
+
+
 _ATTRIBUTE_RULES: dict[str, Callable[[onnx.NodeProto, str, _ModelContext], Iterator[Finding]]] = {
     "Resize": _check_resize,
     "Upsample": _check_upsample,
@@ -737,6 +771,8 @@ _ATTRIBUTE_RULES: dict[str, Callable[[onnx.NodeProto, str, _ModelContext], Itera
     "Gemm": _check_gemm,
     "Clip": _check_clip,
     "Pad": _check_pad,
+    quant_ops.QUANT: _check_ascend_quant,
+    quant_ops.DEQUANT: _check_ascend_dequant,
 }
 
 

@@ -4,7 +4,7 @@ Same command line as the real ATC for what atlas-kd uses, parsed gflags-style (s
 way the spec says ATC checks it, with the same output lines, error blocks, codes and exit status (§3, §4).
 It runs atlas-kd's lint and fails on lint errors the way ATC would. On success it writes `<--output>.om`: a
 simulated .om (atlas/sim/sim_om.py, its own magic, never `IMOD`) holding the model prepared for float16
-execution (atlas/fp16.py), the AIPP settings and metadata. Options it does not emulate are refused, not
+execution (atlas/fp16.py; a quantised deploy model as it is, marked int8), the AIPP settings and metadata. Options it does not emulate are refused, not
 ignored. Exit 0 on success, 255 on failure, 1 for command-line (gflags) errors.
 """
 from __future__ import annotations
@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from atlas.atc import CONTINUATION, FAILURE_LINE, START_LINE, SUCCESS_LINE, OnnxInput, graph_inputs
+from atlas import quant_ops
 from atlas.atc_rules import (ATC_5X_FLAGS, DYNAMIC_OPTIONS, DYNAMIC_PROFILES_MAX, DYNAMIC_PROFILES_MIN,
                              DYNAMIC_TENSOR_NAME, LOG_LEVELS, ONNX_INPUT_FORMATS, OUTPUT_TYPES, PRECISION_MODES, RULES,
                              SOC_VERSIONS_310, dynamic_axes)
@@ -459,12 +460,16 @@ def build(flags: dict[str, str]) -> tuple[Path, dict[str, Any]]:
     errors = lint_errors(model_path, model, set(requested))
     if errors:
         raise AtcFailure(errors)
+    int8 = quant_ops.is_quantized(model)  # AMCT's deploy form: its layers run in int8, the rest is not rounded
+    problem = quant_ops.build_problem(flags.get("precision_mode", "force_fp16"), option) if int8 else None
+    if problem:
+        raise AtcFailure([AtcError("E10001", problem)])  # the code is our choice [INFER]
 
     _fix_input_dims(model, shapes, option)
     outputs = _select_outputs(model, parse_out_nodes(flags), shapes, profiles, option)
     output_types = _output_dtypes(parse_output_type(flags), outputs)
     precision = flags.get("precision_mode", "force_fp16")
-    round_weights, round_activations = PRECISION_NUMERICS[precision]
+    round_weights, round_activations = (False, False) if int8 else PRECISION_NUMERICS[precision]
     fp16_outputs = {o["name"] for o, dtype in zip(outputs, output_types) if dtype == "float16"}
     payload = prepare_for_fp16(model, weights=round_weights, activations=round_activations,
                                output_fp16=fp16_outputs)
@@ -493,6 +498,7 @@ def build(flags: dict[str, str]) -> tuple[Path, dict[str, Any]]:
         "dynamic": {"kind": "batch" if option == "dynamic_batch_size" else "hw", "profiles": profiles} if option
         else None,
         "fp16": {"weights": round_weights, "activations": round_activations},
+        "int8": {"layers": quant_ops.quantized_layers(model)} if int8 else None,
         "no_effect_options": sorted(k for k in flags if k in NO_NUMERIC_EFFECT),
     }
     om_path = Path(flags["output"] + ".om")
@@ -652,7 +658,7 @@ def _infer(model, fixed: dict[str, list[int]]):
     import onnx
 
     probe = onnx.ModelProto()
-    probe.CopyFrom(model)
+    probe.CopyFrom(quant_ops.float_view(model))  # shape inference knows no Ascend quant op
     for value in probe.graph.input:
         if value.name in fixed:
             for dim, size in zip(value.type.tensor_type.shape.dim, fixed[value.name]):

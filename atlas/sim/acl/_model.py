@@ -4,8 +4,8 @@ The metadata (written by atlas/sim/atc_sim.py) says what the board feeds ("input
 with --input_fp16_nodes), what the ONNX payload takes ("onnx_inputs") and what comes out ("outputs", float16 with
 --output_type=FP16). A dynamic-batch or dynamic-image-size model ("dynamic": kind and profiles) has one more input,
 the profile tensor ascend_mbatch_shape_data, last; its other inputs and its outputs carry their dims per profile
-("profile_dims"; "dims" is the largest). The payload is already prepared for float16 numerics by atc-sim; AIPP is
-applied here, in float16, as the chip does.
+("profile_dims"; "dims" is the largest). The payload is already prepared for float16 numerics by atc-sim (an int8
+deploy model runs through atlas/sim/int8.py); AIPP is applied here, in float16, as the chip does.
 """
 from __future__ import annotations
 
@@ -95,7 +95,7 @@ class LoadedModel:
         self.current_profile = None  # set by set_dynamic_batch_size / set_dynamic_hw_size (per model, as in GE)
         if len(self.onnx_inputs) != len(self.data_inputs) or (self.dynamic_kind is None) != (self.dynamic_index is None):
             raise Fail(C.ACL_ERROR_PARSE_MODEL, "sim .om metadata: inputs, onnx_inputs and dynamic do not agree")
-        self.session = _session(_with_fault(container.onnx_bytes), source)
+        self.session = _session(_with_fault(container.onnx_bytes), source, int8=bool(meta.get("int8")))
         payload_inputs = {i.name for i in self.session.get_inputs()}
         missing = [spec.name for spec in self.onnx_inputs if spec.name not in payload_inputs]
         if missing or len(self.session.get_outputs()) != len(self.outputs):
@@ -144,7 +144,14 @@ def _with_fault(onnx_bytes: bytes) -> bytes:
     return onnx_bytes
 
 
-def _session(onnx_bytes: bytes, source: str):
+def _session(onnx_bytes: bytes, source: str, int8: bool = False):
+    if int8:  # a quantised deploy model: its int8 layers in integer arithmetic (atlas/sim/int8.py)
+        from atlas.sim.int8 import Int8Session, Unsupported
+
+        try:
+            return Int8Session(onnx_bytes)
+        except Unsupported as e:
+            raise Fail(C.ACL_ERROR_PARSE_MODEL, f"{source}: {e}") from None
     import onnxruntime as ort  # imported on first load: it is the emulator's slowest import
 
     options = ort.SessionOptions()
