@@ -10,6 +10,8 @@ The pipeline, in order (docs/architecture.md has what each reads and writes in t
     deploy   atlas/deploy.py        deploy(cfg, run)     -> board/, deploy.json
     verify   atlas/verify.py        verify(cfg, run)     -> verify.json, report.md
     locate   atlas/locate.py        prepare, om, deploy, judge -> locate.json, locate.csv, locate.png
+    split    training/split.py      split(cfg, run)      -> <run>/split/ (A/, B/, head.npz), split.json; deploy and
+             atlas/split_deploy.py, atlas/split_verify.py take the split run across two boards
 
 Every stage gets its config and run folder the same way (`config_and_run`): the run folder is `--run`, else
 `runs/<config name>`; the config is `--config`, else the run's config.json, else the defaults, then the command
@@ -192,6 +194,29 @@ def _quantize(args: argparse.Namespace) -> int:
     cfg, run, _ = config_and_run(args)
     quantize(cfg, run, progress=_progress(args))
     return 0
+
+
+# --- split: sub-models A and B across two boards (docs/split.md) -------------------------------------------
+
+def _split_options(p: argparse.ArgumentParser) -> None:
+    _run_option(p)
+    p.add_argument("--resume", action="store_true", help="keep the seeds an interrupted split finished")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_config_arguments(p, sections=["data", "student", "distill", "compress", "export", "split"])
+
+
+def _split(args: argparse.Namespace) -> int:
+    from training.split import split
+
+    cfg, run, source = config_and_run(args)
+    if source is None:
+        raise UserError(f"{run} has no config.json: train its teacher first (atlas-kd train --run {run})")
+    split(cfg, run, resume=args.resume, progress=_progress(args))
+    return 0
+
+
+def _is_split_run(run: Path) -> bool:
+    return rf.SplitRecord.exists(run)
 
 
 # --- om ---------------------------------------------------------------------------------------------------
@@ -435,6 +460,8 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
     "export": ("student checkpoint -> simplified, linted ONNX + golden reference", _export_options, _export),
     "quantize": ("INT8 post-training quantisation (AMCT's scheme) into <run>/int8/, a derived run; --qat, --amct",
                  _quantize_options, _quantize),
+    "split": ("split the teacher's FC layer into sub-models A and B and distil two students into <run>/split/",
+              _split_options, _split),
     "om": ("ONNX -> .om with ATC (or atc-sim with --sim); --inspect FILE.om", _om_options, _om),
     "deploy": ("push the model, the app and the golden inputs to a board and run there", _deploy_options, _deploy),
     "verify": ("compare the board's outputs with the onnxruntime reference", _verify_options, _verify),

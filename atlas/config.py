@@ -170,6 +170,27 @@ class LocateConfig:
 
 
 @dataclass
+class SplitConfig:
+    """`atlas-kd split`: the teacher's FC layer split into sub-models A and B, two students learning them, and the
+    link between their boards (docs/split.md). The students train with [student]'s optimizer, lr and epochs."""
+
+    sparsity_a: float = 0.95  # FC weights sub-model A removes (by magnitude, after PMW-SGD)
+    sparsity_b: float = 0.85  # ... sub-model B; its kept weights hold A's
+    nodes_a: int = 25  # LeNet-A's last hidden FC layer: it learns sub-model A's FC-layer outputs
+    nodes_b: int = 50  # LeNet-B's: it learns the part of sub-model B not in A
+    fc_epochs: int = 5  # PMW-SGD fine-tuning of the teacher's FC layer on its cached inputs (compress.pmw_strength)
+    fc_lr: float = 0.01
+    joint_epochs: int = 10  # A, B and the merge head fine-tuned as one
+    joint_lr: float = 0.005
+    joint_a_weight: float = 1.0  # A's own FC-node loss during joint fine-tuning: A alone stays what it learned
+    seeds: int = 2  # the whole recipe (and A's baselines) once per seed: seed, seed + 1, ...
+    deadline_ms: float = 100.0  # A's board waits this long (from sending) for B's answer, else answers alone
+    link_host: str = ""  # B's address as A's board reaches it; empty: the host deploy's SSH login to B used
+    link_port: int = 0  # the TCP port B's board listens on; 0: a free one, chosen there
+    reconnect_s: float = 1.0  # after a lost link, A's board tries B again at most this often
+
+
+@dataclass
 class Config:
     name: str = "run"
     seed: int = 0
@@ -184,13 +205,14 @@ class Config:
     deploy: DeployConfig = field(default_factory=DeployConfig)
     verify: VerifyConfig = field(default_factory=VerifyConfig)
     locate: LocateConfig = field(default_factory=LocateConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
     quant: QuantConfig = field(default_factory=QuantConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-SECTIONS = ["data", "teacher", "student", "distill", "compress", "export", "om", "deploy", "verify", "locate", "quant"]
+SECTIONS = ["data", "teacher", "student", "distill", "compress", "export", "om", "deploy", "verify", "locate", "quant", "split"]
 
 
 # --- loading -------------------------------------------------------------------------------------------

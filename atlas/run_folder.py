@@ -50,6 +50,12 @@ PRUNED = "pruned"  # prune: the derived run
 LOCATE = "locate"  # locate: the derived run with the extra outputs (and bisect-<k>/ prefix models inside)
 LOCATE_CSV = "locate.csv"  # locate, in the parent run: one row per observed tensor
 LOCATE_PLOT = "locate.png"  # error along depth
+SPLIT = "split"  # split: the derived run (split.json, head.npz, the sub-model runs A/ and B/; deploy: board/A, board/B)
+SPLIT_A = "A"  # split: sub-model A's run folder (export and om take it; deploy and verify take the split run)
+SPLIT_B = "B"
+SPLIT_HEAD = "head.npz"  # split: the merge head A's board applies (weight [classes, nodes_a + nodes_b], bias)
+SPLIT_ONNX = "sub_model.onnx"  # split, in A/ and B/: the sub-model as split wrote it (export.onnx of their config)
+SPLIT_STATE = "split-state"  # split, in the parent run: one finished seed per file (--resume)
 INT8 = "int8"  # quantize: the derived run (its model.onnx is the deploy model, AscendQuant/AscendDequant)
 INT8_REFERENCE_ONNX = "model.fake_quant.onnx"  # quantize: the int8 CPU reference (AMCT's fake-quant form)
 CALIBRATION_INPUTS = "calibration/inputs.npy"  # quantize: the calibration set as AMCT takes it (model inputs)
@@ -77,6 +83,9 @@ REMOTE_OUTPUTS_NPZ = "outputs.npz"
 REMOTE_TIMING = "timing.json"
 REMOTE_ATC = "atc"  # om --on-board: ATC's folder
 REMOTE_RESULTS = (REMOTE_OUTPUTS, REMOTE_TIMING)  # written only by the app: removed before each run
+REMOTE_SPLIT_HEAD = "head.npz"  # split: the merge head, on A's board
+REMOTE_LINK_DIR = ".link"  # split: a 0700 folder holding the link's key (REMOTE_LINK_KEY), on both boards
+REMOTE_LINK_KEY = "link.key"
 
 
 class Run:
@@ -312,8 +321,17 @@ class LocateRecord(Record):
     REQUIRED = ("tensors", "first_divergent")
 
 
+class SplitRecord(Record):
+    """split.json: the teacher's sub-models, the students' accuracies per seed (A alone, A+B, A's plain and KD
+    baselines) and how A and B combine; its folder is the split run that deploy and verify take."""
+
+    FILE = "split.json"
+    MADE_BY = "`atlas-kd split --run <the run {run} was split from>`"
+    REQUIRED = ("teacher", "seeds", "summary", "combination")
+
+
 RECORDS: tuple[type[Record], ...] = (TrainRecord, PruneRecord, ExportRecord, AtcRecord, DeployRecord, VerifyRecord,
-                                     LocateRecord, QuantRecord)
+                                     LocateRecord, QuantRecord, SplitRecord)
 
 
 # --- freshness: is what a later stage consumed still what it was? ---------------------------------------------
