@@ -16,8 +16,11 @@ import re
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
+
+from atlas import yuv
 from atlas.fileio import write_text
-from atlas.yuv import align_up
+from atlas.yuv import VPC_HEIGHT_ALIGN, VPC_WIDTH_ALIGN, align_up
 
 # model channel count per AIPP input_format: the TBE AIPP kernel's check (gekowa/ascend-opp @5c28a2f
 # op_impl/built-in/ai_core/tbe/impl/aipp_comm.py check_aipp_static_config L1390-1412, "input C must be 3 when
@@ -68,7 +71,6 @@ JPEG_INPUT_BIAS = (0, 128, 128)
 _DEFAULT_YUV_TO_BGR = ((298, 516, 0), (298, -100, -208), (298, 0, 409))
 _DEFAULT_RGB_TO_YUV = ((66, 129, 25), (-38, -74, 112), (112, -94, -18))
 _DEFAULT_BIAS = (16, 128, 128)
-VPC_WIDTH_ALIGN, VPC_HEIGHT_ALIGN = 16, 2  # the VPC's output strides (601 aclcppdevg_03_0168): AIPP reads them
 KERNEL = "E81012"  # the TBE AIPP operator's error code (aipp_comm.py L102 AIPP_OP_ERROR_CODE)
 
 # 9 significant digits pin every float32 exactly, so the cfg reproduces the fp32 normalisation to 1 ulp.
@@ -398,3 +400,22 @@ def input_bytes_per_image(aipp: dict[str, Any], height: int, width: int) -> int:
     src_h, src_w = source_size(aipp, height, width)
     fmt = aipp.get("input_format")
     return src_h * src_w * 3 // 2 if fmt == YUV420SP else src_h * src_w * CHANNELS.get(fmt, 1)
+
+
+def yuv420sp_pixels(frames: np.ndarray, aipp: dict[str, Any], model_hw: Sequence[int] | None = None) -> np.ndarray:
+    """NV12 frames [N, src_h*3/2, src_w] -> [N, h, w, 3] integers after AIPP's swap, crop and CSC (Y, U, V
+    themselves with CSC off): the host side of the image road and the emulator's AIPP share it."""
+    if frames.ndim != 3 or frames.shape[1] % 3:
+        raise ValueError(f"YUV420SP_U8 AIPP input must be [N, h*3/2, w] frames, got shape {frames.shape}")
+    n, rows, src_w = frames.shape
+    src_h = rows * 2 // 3
+    y, uv = frames[:, :src_h], frames[:, src_h:].reshape(n, src_h // 2, src_w // 2, 2)
+    if aipp.get("rbuv_swap_switch"):
+        uv = uv[..., ::-1]  # NV21 in: U and V swapped before CSC
+    left, top, width, height = crop_window(aipp, *(model_hw or (src_h, src_w)))
+    y, uv = y[:, top:top + height, left:left + width], uv[:, top // 2:(top + height) // 2, left // 2:(left + width) // 2]
+    if not aipp.get("csc_switch"):
+        chroma = np.repeat(np.repeat(uv, 2, axis=1), 2, axis=2)[:, :height, :width]
+        return np.concatenate([y[..., None], chroma], axis=-1)
+    matrix, input_bias, _ = csc_coefficients(aipp)
+    return np.stack([yuv.yuv_to_rgb(y[i], uv[i], matrix, input_bias) for i in range(n)])

@@ -301,6 +301,11 @@ def _deploy(args: argparse.Namespace) -> int:
     from atlas.deploy import deploy
 
     cfg, run, _ = config_and_run(args)
+    if _is_split_run(run):  # A and B on their two boards, joined over the link (atlas/split_deploy.py)
+        from atlas.split_deploy import deploy_split
+
+        deploy_split(cfg, run, trust_new_host=args.trust_new_host)
+        return 0
     deploy(cfg, run, trust_new_host=args.trust_new_host)
     return 0
 
@@ -323,6 +328,11 @@ def _verify(args: argparse.Namespace) -> int:
     from atlas.verify import verify
 
     cfg, run, _ = config_and_run(args)
+    if _is_split_run(run):  # both modes, each against its reference (atlas/split_verify.py)
+        from atlas.split_verify import verify_split
+
+        verify_split(cfg, run)
+        return 0
     try:
         verify(cfg, run)
     except UserError as e:

@@ -25,7 +25,7 @@ from atlas.fileio import read_json, require_writable, sha256_file, write_text
 from atlas.sim_om import is_real_om, is_sim_om
 
 # the app's own files (the preflight runs with `python3 -c` and is not shipped)
-APP_FILES = ("infer.py", "acl_session.py", "acl_consts.py")
+APP_FILES = ("infer.py", "acl_session.py", "acl_consts.py", "dvpp_images.py")
 _SPACE_MARGIN = 1 << 20  # outputs, timing and the app's own temp files
 
 
@@ -84,6 +84,12 @@ def load_bundle(run: rf.Run, cfg: DeployConfig) -> Bundle:
     bundle.remote_outputs = rf.REMOTE_OUTPUTS_NPZ if len(export.get("outputs") or [None]) > 1 else rf.REMOTE_OUTPUTS
     bundle.files = [(model, rf.REMOTE_MODEL), (inputs, bundle.remote_inputs)] + \
                    [(p, f"{rf.REMOTE_APP}/{p.name}") for p in app_files]
+    images = export.board_images(run)
+    if images:  # export.dvpp: the JPEGs go instead, and the app decodes the folder it is given as --input
+        if not all(p.is_file() for p in images):
+            raise UserError(f"{run / rf.GOLDEN_IMAGES}: not the {len(images)} JPEGs export.json lists: export again")
+        bundle.remote_inputs = rf.remote_images_dir(len(images))
+        bundle.files[1:2] = [(p, f"{bundle.remote_inputs}/{p.name}") for p in images]
     bundle.digests = {local: sha256_file(local) for local, _ in bundle.files}
     return bundle
 

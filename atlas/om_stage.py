@@ -158,14 +158,15 @@ def prepare_aipp(run: rf.Run, om: OmConfig, export: rf.ExportRecord | None,
             cfg_path.unlink()  # a stale AIPP config would not describe this model.om
         return None, None
     board_input = export["board_input"]
-    if not (board_input.get("dtype") == "uint8" and board_input.get("layout") == "NHWC"):
+    if not (board_input.get("dtype") == "uint8" and board_input.get("layout") in ("NHWC", "YUV420SP")):
         raise UserError(f"{run}/export.json chose AIPP without uint8 NHWC golden inputs; re-run export with "
                         f"--om-aipp true (`atlas-kd export --run {run} --om-aipp true`)")
     if len(inputs) != 1 or len(inputs[0].dims) != 4 or -1 in inputs[0].dims:
         raise UserError("--aipp needs a model with one static 4-D NCHW input")
     norm = export.normalization
     try:
-        aipp = aipp_from_normalization(norm.get("mean", []), norm.get("std", []), inputs[0].dims[1:])
+        aipp = aipp_from_normalization(norm.get("mean", []), norm.get("std", []), inputs[0].dims[1:],
+                                       input_format=board_input.get("aipp_format"))  # YUV420SP_U8: export.dvpp
     except ValueError as e:
         raise UserError(f"--aipp: {e} (export.json normalization {norm})") from None
     write_insert_op_cfg(cfg_path, aipp)

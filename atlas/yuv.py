@@ -246,3 +246,20 @@ def jpeg_to_frame(data: bytes, width: int, height: int) -> np.ndarray:
     width x height -> one tightly packed [height*3/2, width] frame, as AIPP takes it."""
     y, uv = floor_even(*decode_jpeg(data))
     return frame(*resize(y, uv, width, height))
+
+
+VPC_WIDTH_ALIGN, VPC_HEIGHT_ALIGN = 16, 2  # the VPC's output strides (= acl_consts.VPC_*_ALIGN, 601 aclcppdevg_03_0168)
+
+
+def vpc_strides(width: int, height: int) -> tuple[int, int]:
+    """(width_stride, height_stride) of a VPC output picture: align16(w), align2(h); AIPP's source size."""
+    return align_up(width, VPC_WIDTH_ALIGN), align_up(height, VPC_HEIGHT_ALIGN)
+
+
+def jpeg_to_vpc_frame(data: bytes, width: int, height: int) -> np.ndarray:
+    """What the board's image road hands the model: JPEGD's decode resized by the VPC to an even width x height,
+    in the VPC's buffer at align16(width) x align2(height) strides (padding 0), as [hs*3/2, ws] uint8: one input
+    picture of a YUV420SP_U8 AIPP whose source size is those strides and whose crop is width x height."""
+    y, uv = resize(*floor_even(*decode_jpeg(data)), width, height)
+    width_stride, height_stride = vpc_strides(width, height)
+    return pack(y, uv, width_stride, height_stride).reshape(height_stride * 3 // 2, width_stride)

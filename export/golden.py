@@ -41,6 +41,7 @@ class Golden:
     board: dict[str, np.ndarray] = field(default_factory=dict)  # what the board is fed (= model unless AIPP)
     pixels: np.ndarray | None = None  # uint8 NHWC pixels behind a single image input (for AIPP)
     note: str = ""
+    images: list[Path] = field(default_factory=list)  # the JPEG files the board decodes (export.dvpp), in order
 
     @property
     def count(self) -> int:
@@ -98,6 +99,94 @@ def from_images(folder: Path, inputs: list[ModelInput], rules, mean, std, count:
     model = normalize(pixels, mean, std).astype(only.dtype)
     return Golden({only.name: model}, labels, "images", pixels=pixels,
                   note=f"{len(pixels)} images from {folder}, {h}x{w} {channels}")
+
+
+def from_jpegs(folder: Path, inputs: list[ModelInput], aipp: dict, mean, std, count: int) -> Golden:
+    """The board's image road (export.dvpp): JPEG files (flat, or in class folders) that the board decodes (JPEGD)
+    and resizes (VPC) into a YUV420SP_U8 AIPP model. `board`: the frames the VPC hands the model, computed here by
+    atlas/yuv.py's reading of JPEGD and the VPC; `model`: the same after AIPP's crop and CSC (`aipp`), normalised
+    in float32 as training normalised."""
+    from atlas import yuv
+    from atlas.aipp import yuv420sp_pixels
+    from training.data import normalize
+
+    only = _single_image_input(inputs, "export.dvpp")
+    _, c, h, w = only.dims
+    if c != 3 or h % 2 or w % 2:
+        raise UserError(f"export.dvpp: model input '{only.name}' is {c}x{h}x{w}; the DVPP road feeds RGB (3 channels) "
+                        "of an even height and width (the VPC writes even sizes)")
+    paths, labels = _jpeg_files(Path(folder))
+    paths, labels = paths[:count], labels[:count]
+    width_stride, height_stride = yuv.vpc_strides(w, h)
+    frames = np.empty((len(paths), height_stride * 3 // 2, width_stride), np.uint8)
+    for i, path in enumerate(paths):
+        try:
+            frames[i] = yuv.jpeg_to_vpc_frame(path.read_bytes(), w, h)
+        except (yuv.JpegError, OSError) as e:
+            raise UserError(f"{path}: cannot decode it as the board's JPEG decoder would: {e}") from None
+    rgb = yuv420sp_pixels(frames, aipp, (h, w)).astype(np.uint8)
+    model = normalize(rgb, mean, std).astype(only.dtype)
+    return Golden({only.name: model}, np.asarray(labels, np.int64), "images", board={only.name: frames}, pixels=rgb,
+                  note=f"{len(paths)} JPEGs from {folder}, decoded and resized to {h}x{w} as DVPP does",
+                  images=paths)
+
+
+def decoded_otherwise(paths: list[Path], only: ModelInput, aipp: dict, mean, std,
+                      pillow_resize: bool = False) -> dict[str, np.ndarray]:
+    """The model inputs of the same JPEGs through another decoder: Pillow's RGB decode taken back to YUV420SP
+    (another IDCT and chroma route, as a real JPEGD differs from Pillow's), resized as atlas/yuv.py does or, with
+    `pillow_resize`, by Pillow's antialiased bilinear (another filter: the VPC's is Huawei's own, not public).
+    How far that moves the reference says how much of a real board's disagreement decoding alone can explain."""
+    from PIL import Image
+
+    from atlas import yuv
+    from atlas.aipp import yuv420sp_pixels
+    from training.data import normalize
+
+    _, _, h, w = only.dims
+    width_stride, height_stride = yuv.vpc_strides(w, h)
+    frames = np.empty((len(paths), height_stride * 3 // 2, width_stride), np.uint8)
+    for i, path in enumerate(paths):
+        with Image.open(path) as image:
+            rgb = image.convert("RGB")
+            if pillow_resize:
+                y, uv = yuv.subsample(yuv.rgb_to_yuv(np.asarray(rgb.resize((w, h), Image.BILINEAR))))
+            else:
+                y, uv = yuv.resize(*yuv.floor_even(*yuv.subsample(yuv.rgb_to_yuv(np.asarray(rgb)))), w, h)
+        frames[i] = yuv.pack(y, uv, width_stride, height_stride).reshape(frames.shape[1:])
+    rgb = yuv420sp_pixels(frames, aipp, (h, w)).astype(np.uint8)
+    return {only.name: normalize(rgb, mean, std).astype(only.dtype)}
+
+
+def agreement(outputs: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> dict:
+    """Min per-sample cosine and (for [N, C] scores) top-1 agreement of the first output against the reference."""
+    out, ref = (np.asarray(next(iter(d.values())), np.float64) for d in (outputs, reference))
+    a, b = out.reshape(len(out), -1), ref.reshape(len(ref), -1)
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    cosine = np.where(norms > 0, (a * b).sum(axis=1) / np.where(norms > 0, norms, 1), 1.0)
+    top1 = float((out.argmax(1) == ref.argmax(1)).mean()) if ref.ndim == 2 else None
+    return {"cosine_min": round(float(cosine.min()), 7), "top1_agreement": top1, "count": int(len(ref))}
+
+
+def _jpeg_files(folder: Path) -> tuple[list[Path], list[int]]:
+    """(files, labels) of a flat folder (labels -1) or of class folders; one line for a file that is not a JPEG."""
+    from training.imagefolder import class_folders, image_files
+
+    if not folder.is_dir():
+        raise UserError(f"{folder}: not a folder of images")
+    files = image_files(folder)
+    if files:
+        paths, labels = files, [-1] * len(files)
+    else:
+        paths, labels = [], []
+        for label, (_, class_dir) in enumerate(class_folders(folder, ())):
+            found = image_files(class_dir)
+            paths += found
+            labels += [label] * len(found)
+    other = next((p for p in paths if p.suffix.lower() not in (".jpg", ".jpeg")), None)
+    if other is not None:
+        raise UserError(f"{other}: export.dvpp takes JPEG files only (the board's DVPP decodes JPEG)")
+    return paths, labels
 
 
 def from_arrays(path: Path, inputs: list[ModelInput], count: int) -> Golden:

@@ -8,7 +8,9 @@ once). A lint error stops the stage (exit 1) with the findings listed.
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -88,13 +90,18 @@ def export(cfg: Config, run: str | Path | rf.Run, *, log=print) -> rf.ExportReco
             parity_report = _parity(model, gold, reference, e.parity_atol)
             timings["parity_s"] = time.perf_counter() - t
 
-        aipp = cfg.om.aipp
+        aipp = cfg.om.aipp or e.dvpp
         if aipp and gold.pixels is None:
             raise UserError("--om-aipp true needs image inputs (a data set or --images): AIPP normalises uint8 "
                             "pixels on the chip")
         board = {inputs[0].name: gold.pixels} if aipp else gold.model  # AIPP: the board gets the raw uint8 pixels
+        if e.dvpp:  # the frames DVPP makes of the JPEGs, which the board decodes itself
+            board = gold.board
         golden = write_golden(run_dir, board_inputs=board, labels=gold.labels, reference=reference)
         golden.update(kind=gold.kind, labelled=gold.labelled, note=gold.note)
+        image_road = _image_road(run_dir, gold, inputs, normalization, session, reference) if e.dvpp else None
+        if not e.dvpp:
+            shutil.rmtree(run_dir / rf.GOLDEN_IMAGES, ignore_errors=True)  # an earlier DVPP export's JPEGs
         first_out = next(iter(reference.values()))
         accuracy = (float((first_out.argmax(1) == gold.labels).mean())
                     if gold.labelled and first_out.ndim == 2 else None)
@@ -112,7 +119,8 @@ def export(cfg: Config, run: str | Path | rf.Run, *, log=print) -> rf.ExportReco
             "outputs": [_io_entry(o) for o in session.get_outputs()],
             "normalization": {"mean": list(normalization["mean"]), "std": list(normalization["std"])},
             "board_input": {"path": golden["inputs"], "dtype": str(board_first.dtype),
-                            "layout": "NHWC" if aipp else _layout(board_first), "aipp": aipp},
+                            "layout": "YUV420SP" if e.dvpp else "NHWC" if aipp else _layout(board_first),
+                            "aipp": aipp, **(image_road or {})},
             "golden": golden,
             "reference_accuracy": accuracy,
             "parity": parity_report,
@@ -137,6 +145,8 @@ def _check_options(cfg: Config) -> None:
         used = [flag for flag, value in (("--images", e.images), ("--inputs", e.inputs),
                                          ("--input-shape", e.input_shape)) if value]
         raise UserError(f"{', '.join(used)} go with --onnx (a checkpoint's golden set is its data set's test split)")
+    if e.dvpp and not e.images:
+        raise UserError("export.dvpp (--dvpp) takes the JPEGs of --images: the board decodes those on its DVPP")
     if e.images and e.inputs:
         raise UserError("--images and --inputs exclude each other: give the golden inputs one way")
     if e.input_shape:
@@ -163,6 +173,9 @@ def _golden(cfg: Config, inputs: list, dataset_name: str, normalization: dict, u
     from training.data import image_rules, load_dataset
 
     e = cfg.export
+    if e.dvpp:
+        return golden_sets.from_jpegs(Path(e.images), inputs, _dvpp_aipp(inputs, normalization), normalization["mean"],
+                                      normalization["std"], e.golden_count)
     if e.images:
         return golden_sets.from_images(Path(e.images), inputs, image_rules(cfg.data), normalization["mean"],
                                        normalization["std"], e.golden_count, progress=False)
@@ -174,6 +187,43 @@ def _golden(cfg: Config, inputs: list, dataset_name: str, normalization: dict, u
     count = min(e.golden_count, len(data.test_labels))
     return golden_sets.from_dataset(data.test_images[:count], data.test_labels[:count], normalization["mean"],
                                     normalization["std"], inputs)
+
+
+def _dvpp_aipp(inputs: list, normalization: dict) -> dict:
+    """The YUV420SP_U8 AIPP om will generate from export.json (the same function, the same fields)."""
+    from atlas.aipp import YUV420SP, aipp_from_normalization
+
+    dims = inputs[0].dims[1:] if len(inputs) == 1 and len(inputs[0].dims) == 4 else None
+    if dims is None or None in dims:
+        raise UserError("export.dvpp feeds one static image input [N, 3, H, W]; the model has "
+                        f"{', '.join(f'{i.name} {i.dims}' for i in inputs)}")
+    try:
+        return aipp_from_normalization(normalization["mean"], normalization["std"], dims, input_format=YUV420SP)
+    except ValueError as err:
+        raise UserError(f"export.dvpp: {err}") from None
+
+
+def _image_road(run_dir: Path, gold, inputs: list, normalization: dict, session, reference: dict) -> dict:
+    """golden/images/: the JPEGs the board decodes, renamed in golden order (000000.jpg, ...), and how much another
+    JPEG decoder moves the reference (export.json's board_input gets both)."""
+    folder = run_dir / rf.GOLDEN_IMAGES
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        for i, path in enumerate(gold.images):
+            shutil.copyfile(path, tmp / rf.golden_image_name(i))
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(tmp, folder)
+    except OSError as err:
+        raise UserError(f"cannot write {folder}: {err.strerror or err}") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    sensitivity = {}
+    for name, pillow_resize in (("another_jpeg_decoder", False), ("and_another_resize_filter", True)):
+        other = golden_sets.decoded_otherwise(gold.images, inputs[0], _dvpp_aipp(inputs, normalization),
+                                              normalization["mean"], normalization["std"], pillow_resize)
+        sensitivity[name] = golden_sets.agreement(run_onnx(session, other), reference)
+    return {"aipp_format": "YUV420SP_U8", "images": rf.GOLDEN_IMAGES, "image_count": len(gold.images),
+            "decoder_sensitivity": sensitivity}
 
 
 def _simplified(raw_path: Path, model_path: Path, simplify: bool, input_shapes: dict | None) -> dict | None:

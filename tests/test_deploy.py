@@ -33,7 +33,7 @@ def test_deploy_fetches_outputs_and_verify_passes(demo_run, board, tmp_path, cap
     assert report["ok"] and entry["status"] == "ok" and entry["local_dir"] == "board"
     assert entry["preflight"]["acl"] and entry["preflight"]["acl_sim"] and entry["preflight"]["numpy"]
     assert {u["file"] for u in entry["uploads"]} == {"model.om", "inputs.npy", "app/infer.py", "app/acl_session.py",
-                                                      "app/acl_consts.py"}
+                                                      "app/acl_consts.py", "app/dvpp_images.py"}
     assert all(u["sent"] for u in entry["uploads"]) and entry["model_bytes_sent"] == (run / "model.om").stat().st_size
     remote = Path(entry["remote_dir"])
     assert remote == board.root / "atlas-kd" / "demo" and (remote / "app" / "infer.py").is_file()

@@ -96,6 +96,7 @@ class TensorInfo(object):
         self.dims = dims                  # the batch is dims[0]
         self.dtype = dtype
         self.sample_shapes = sample_shapes or [tuple(dims[1:])]  # per-sample shapes a .npy may have
+        self.yuv420sp = None              # a YUV420SP_U8 AIPP input: (source height, width, model height, width)
         self.device_ptr = 0
         self.host_ptr = 0                 # outputs only: host staging (malloc_host)
 
@@ -118,6 +119,7 @@ class ModelSession(object):
         self.copy_in_kind = None
         self.copy_out_kind = None
         self.staging = None
+        self.stream = 0
         self.profiles = []        # the batch sizes of a dynamic-batch .om, smallest first ([]: a static batch)
         self.dynamic_index = None  # its profile input (ascend_mbatch_shape_data)
         self._desc = 0
@@ -139,6 +141,7 @@ class ModelSession(object):
         stream, ret = acl.rt.create_stream()
         check("acl.rt.create_stream", ret)
         push("acl.rt.destroy_stream", acl.rt.destroy_stream, stream)
+        self.stream = stream  # DVPP work (dvpp_images.py) runs on it too
         self.run_mode, ret = acl.rt.get_run_mode()
         check("acl.rt.get_run_mode", ret)
         self._choose_copy_kinds()
@@ -221,6 +224,11 @@ class ModelSession(object):
         if dtype is None:
             raise ModelError("model input 0 has aclDataType %r, which infer.py cannot feed" % (acl_dtype,))
         _check_static(dims, "input 0")
+        frames = _yuv420sp_frames(dims, size)
+        if frames is not None:
+            info = TensorInfo(0, size, frames[0], "uint8")
+            info.yuv420sp = frames[1] + self._model_hw(desc, frames[1])
+            return info
         if _product(dims) * np.dtype(dtype).itemsize != size and _product(dims) == size:
             # Static AIPP feeds the model uint8 pixels (spec/atc.md §6 layout change); whether the reported data
             # type is the pre-AIPP one is unconfirmed, so trust the byte count.
@@ -233,6 +241,20 @@ class ModelSession(object):
         info = TensorInfo(0, size, dims, dtype, sample_shapes)
         _check_size(info, "input 0")
         return info
+
+    def _model_hw(self, desc, source_hw):
+        """The model's own H, W behind a YUV420SP AIPP (what the VPC resizes to; AIPP crops the stride off):
+        get_input_dims gives the pre-AIPP NCHW dims where get_input_dims_v2 exists (spec §1.3 relation) [INFER on
+        the 310]; else the source size."""
+        mdl = self.acl.mdl
+        if not hasattr(mdl, "get_input_dims_v2"):
+            return source_hw
+        dims_info, ret = mdl.get_input_dims(desc, 0)
+        check("acl.mdl.get_input_dims", ret)
+        dims = _dims_list(dims_info)
+        if len(dims) == 4 and dims[1] == 3 and 0 < dims[2] <= source_hw[0] and 0 < dims[3] <= source_hw[1]:
+            return (dims[2], dims[3])
+        return source_hw
 
     def _describe_output(self, desc, index):
         mdl = self.acl.mdl
@@ -339,6 +361,17 @@ class ModelSession(object):
     def close(self):
         """Release everything `open()` made, newest first (spec §3 step 11); returns warnings for failed releases."""
         return self._releases.release_all()
+
+
+def _yuv420sp_frames(dims, size):
+    """([N, h*3/2, w], (h, w)) when an input of 4-D dims with a 3-channel axis takes h*w*3/2 bytes a picture: the
+    NV12 frames a YUV420SP_U8 AIPP reads (TBE aipp.py L247-249); else None."""
+    if len(dims) != 4 or _product(dims) != 2 * size:
+        return None
+    height, width = (dims[1], dims[2]) if dims[3] == 3 else (dims[2], dims[3]) if dims[1] == 3 else (0, 0)
+    if not height or height % 2:
+        return None
+    return [dims[0], height * 3 // 2, width], (height, width)
 
 
 def _check_static(dims, what):

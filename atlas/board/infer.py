@@ -2,10 +2,13 @@
 
     python3 app/infer.py --model model.om --input inputs.npy --output outputs.npy --batch B [--loop K]
                          [--device 0] [--timing timing.json]
+    python3 app/infer.py --model model.om --images DIR ...   (JPEG files, decoded on DVPP: dvpp_images.py)
 
 Runs on the board's Python (3.6 or 3.7.5) with numpy and pyACL (`acl`) only; its helpers are the sibling modules
-acl_consts.py and acl_session.py. Inputs are float32 NCHW, or uint8 NHWC for a model with static AIPP: the
-per-sample shape and dtype come from the model description, and a .npy that does not match is refused.
+acl_consts.py and acl_session.py, and dvpp_images.py for JPEGs. Inputs are float32 NCHW, or uint8 NHWC for a model
+with static AIPP: the per-sample shape and dtype come from the model description, and a .npy that does not match
+is refused. `--images DIR` (or a folder given as `--input`) feeds a YUV420SP_U8 AIPP model (export --dvpp) the JPEGs
+of DIR in name order, decoded and resized on the DVPP as Huawei's samples do.
 
 Exit status: 0 done; 1 an ACL call failed (the line names the call and its code); 2 bad arguments, files or model.
 Every ACL resource is released in reverse order, also after a failure.
@@ -22,6 +25,7 @@ import numpy as np
 
 from acl_session import AclError, ModelError, ModelSession
 import acl_consts as C
+import dvpp_images
 
 PROG = "infer.py"
 # = SIM_MAGIC in atlas/sim_om.py, copied because nothing of the project but this folder reaches the board
@@ -41,7 +45,10 @@ class UsageError(Exception):
 def parse_args(argv):
     parser = argparse.ArgumentParser(prog=PROG, description="Run an .om over a .npy of inputs with pyACL.")
     parser.add_argument("--model", required=True, help="the offline model (.om)")
-    parser.add_argument("--input", required=True, help=".npy of inputs: float32 NCHW, or uint8 NHWC with AIPP")
+    given = parser.add_mutually_exclusive_group(required=True)
+    given.add_argument("--input", help=".npy of inputs: float32 NCHW, or uint8 NHWC with AIPP (a folder: --images)")
+    given.add_argument("--images", metavar="DIR", help="a folder of JPEG files for a YUV420SP AIPP model: decoded "
+                                                       "and resized on the DVPP, outputs in file-name order")
     parser.add_argument("--output", required=True, help=".npy to write: float32 outputs, one row per input")
     parser.add_argument("--batch", type=int, default=None,
                         help="samples per execution: the batch the .om was built with, or one of its batch sizes "
@@ -54,6 +61,8 @@ def parse_args(argv):
         parser.error("--loop must be >= 1")
     if args.batch is not None and args.batch < 1:
         parser.error("--batch must be >= 1")
+    if args.input is not None and os.path.isdir(args.input):
+        args.images, args.input = args.input, None
     if args.timing is None:
         args.timing = os.path.join(os.path.dirname(os.path.abspath(args.output)), TIMING_NAME)
     return args
@@ -251,27 +260,54 @@ def write_outputs(f, outputs, path):
         np.save(f, outputs[0])
 
 
+def list_images(folder):
+    try:
+        return dvpp_images.list_jpegs(folder)
+    except (OSError, IOError, ValueError) as e:
+        raise UsageError("the images %s: %s" % (folder, getattr(e, "strerror", None) or e))
+
+
+def decoded_images(acl, session, paths, stack):
+    """The JPEGs as the model's YUV420SP frames, decoded on the DVPP; its channel is closed with the session."""
+    if session.input.yuv420sp is None:
+        raise UsageError("--images feeds a model built for DVPP frames (a YUV420SP_U8 AIPP: export --dvpp); this "
+                        "model's input is %s %s" % (session.input.dtype, session.input.dims))
+    dvpp = dvpp_images.DvppFrames(acl, session)
+    stack.append(dvpp)
+    dvpp.open()
+    return dvpp.frames(paths)
+
+
 def run(args):
     head = read_model_head(args.model)
-    inputs = load_inputs(args.input)
+    images = list_images(args.images) if args.images else None
+    inputs = load_inputs(args.input) if images is None else None
     acl = import_acl()
     sim = is_sim_acl(acl)
     if head[:8] == SIM_OM_MAGIC and not sim:
         raise UsageError("%s: %s" % (args.model, SIM_OM_ON_REAL_BOARD))
 
     session = ModelSession(acl, args.model, args.device)
+    dvpp = []  # the DVPP channel, when there is one: released before the session
     try:
         session.open()
-        check_inputs_fit(inputs, args.input, session.input, args.batch, session.profiles)
+        if images is not None:
+            inputs = decoded_images(acl, session, images, dvpp)
+        check_inputs_fit(inputs, args.input or args.images, session.input, args.batch, session.profiles)
         if len(session.outputs) > 1 and not args.output.endswith(".npz"):
             raise UsageError("the model has %d outputs: pass --output FILE.npz (one array per output)"
                              % len(session.outputs))
         outputs, timings = run_passes(session, inputs, args.loop, make_progress(sys.stdout), args.batch)
     finally:
-        for warning in session.close():
+        for warning in [w for d in dvpp for w in d.close()] + session.close():
             sys.stderr.write("%s: warning: release failed: %s\n" % (PROG, warning))
 
     report = timing_report(args, session, inputs, timings, "sim" if sim else "real")
+    if dvpp:
+        report["images"] = {"folder": args.images, "count": len(images), "decoder": "DVPP: JPEGD + VPC resize",
+                            "frame": [dvpp[0].height_stride * 3 // 2, dvpp[0].width_stride],
+                            "resized_to": [dvpp[0].width, dvpp[0].height],
+                            "dvpp_ms_total": round(dvpp[0].decode_s * 1000.0, 3)}
     if getattr(acl, "__atlas_kd_sim_fault__", None):  # a sim board with an injected fault says so
         report["sim_fault"] = acl.__atlas_kd_sim_fault__
     write_atomically(args.output, lambda f: write_outputs(f, outputs, args.output))

@@ -13,8 +13,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from atlas import yuv
-from atlas.aipp import YUV420SP, crop_window, csc_coefficients, padding_sizes
+from atlas.aipp import YUV420SP, crop_window, csc_coefficients, padding_sizes, yuv420sp_pixels
 
 
 def apply_aipp(images: np.ndarray, aipp: Mapping[str, Any], fp16: bool = False,
@@ -31,28 +30,8 @@ def apply_aipp(images: np.ndarray, aipp: Mapping[str, Any], fp16: bool = False,
 
 
 def _yuv_pixels(frames: np.ndarray, aipp, model_hw) -> np.ndarray:
-    """NV12 frames -> [N, h, w, 3] integers after swap, crop and CSC (Y, U, V themselves without CSC)."""
-    if frames.ndim != 3 or frames.shape[1] % 3:
-        raise ValueError(f"YUV420SP_U8 AIPP input must be [N, h*3/2, w] frames, got shape {frames.shape}")
-    y, uv = _split_batch(frames)
-    if aipp.get("rbuv_swap_switch"):
-        uv = uv[..., ::-1]  # NV21 in: U and V swapped before CSC
-    left, top, width, height = crop_window(aipp, *(model_hw or y.shape[1:]))
-    y, uv = y[:, top:top + height, left:left + width], uv[:, top // 2:(top + height) // 2, left // 2:(left + width) // 2]
-    if not aipp.get("csc_switch"):
-        return np.concatenate([y[..., None], _upsampled(uv, height, width)], axis=-1)
-    matrix, input_bias, _ = csc_coefficients(aipp)
-    return np.stack([yuv.yuv_to_rgb(y[i], uv[i], matrix, input_bias) for i in range(len(y))])
-
-
-def _split_batch(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    n, rows, width = frames.shape
-    height = rows * 2 // 3
-    return frames[:, :height], frames[:, height:].reshape(n, height // 2, width // 2, 2)
-
-
-def _upsampled(uv: np.ndarray, height: int, width: int) -> np.ndarray:
-    return np.repeat(np.repeat(uv, 2, axis=1), 2, axis=2)[:, :height, :width]
+    """NV12 frames -> [N, h, w, 3] integers after swap, crop and CSC (production's reading, atlas/aipp.py)."""
+    return yuv420sp_pixels(frames, aipp, model_hw)
 
 
 def _rgb_pixels(images: np.ndarray, aipp, model_hw) -> np.ndarray:

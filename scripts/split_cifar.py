@@ -1,0 +1,54 @@
+"""Issue 23, acceptance 1: the split recipe on CIFAR-10 (JPEG copy) with the CIFAR-10 recipe's teacher.
+
+    .venv/bin/python scripts/split_cifar.py [--run runs/cifar10-jpeg] [--resume] [--seeds 2]
+
+Needs the teacher of `atlas-kd train --config configs/cifar10-jpeg.toml --run runs/cifar10-jpeg` (resnet20; this
+script never trains one). Runs `atlas-kd split` on that run with the config's data, augmentation views and
+LeNet-5 student settings ([split] defaults: 95 % / 85 %, 25 and 50 nodes), each seed resumable (--resume keeps
+the seeds R/split-state/ holds), then prints the figures the issue asks for: A alone and A+B against A's KD
+baseline, per seed, and whether the published trend holds (A+B at least 3 points above the KD baseline, A alone
+below it). Its last line is one JSON object with those figures; paste them, dated, into docs/results.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from atlas import run_folder as rf  # noqa: E402
+from atlas.cli import main as cli  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--run", default=str(REPO / "runs" / "cifar10-jpeg"))
+    p.add_argument("--config", default=str(REPO / "configs" / "cifar10-jpeg.toml"))
+    p.add_argument("--seeds", type=int, default=2)
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    run = Path(args.run)
+    if not (run / rf.TEACHER).is_file():
+        print(f"split_cifar: {run / rf.TEACHER} not found: train the CIFAR-10 teacher first (atlas-kd train --config "
+              f"{args.config} --run {run}; --resume continues it)", file=sys.stderr)
+        return 2
+    argv = ["split", "--run", str(run), "--config", args.config, "--split-seeds", str(args.seeds)]
+    status = cli(argv + (["--resume"] if args.resume else []) + (["--no-progress"] if args.no_progress else []))
+    if status:
+        return status
+    s = rf.SplitRecord.read(run / rf.SPLIT)["summary"]
+    figures = {"a_alone": s["a_alone"]["values"], "a_plus_b": s["a_plus_b"]["values"], "a_plain": s["a_plain"]["values"],
+               "a_kd": s["a_kd"]["values"], "a_plus_b_over_a_kd_pts": s["a_plus_b_over_a_kd_pts"]["mean"],
+               "a_alone_over_a_kd_pts": s["a_alone_over_a_kd_pts"]["mean"],
+               "acceptance_3_pts": all(v >= 3.0 for v in s["a_plus_b_over_a_kd_pts"]["values"]),
+               "a_alone_below_kd": s["a_alone_over_a_kd_pts"]["max"] < 0, "seeds": s["seeds"]}
+    print(json.dumps(figures))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
