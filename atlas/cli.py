@@ -158,6 +158,8 @@ def _export_options(p: argparse.ArgumentParser) -> None:
               metavar="DIR"),
         Alias("--inputs", "export.inputs", help="golden inputs already preprocessed (.npy, or .npz by input name)",
               metavar="FILE"),
+        Alias("--dvpp", "export.dvpp", "true", help="the board decodes the --images JPEGs on DVPP into a YUV420SP "
+                                                    "AIPP model (docs/your-models.md)"),
         MEMORY_ALIAS,
     ))
 

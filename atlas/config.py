@@ -89,6 +89,7 @@ class ExportConfig:
     input_shape: str = ""  # with onnx: fix dynamic input dims, ATC's form "x:1,3,640,640;y:1,4"
     images: str = ""  # with onnx: golden inputs from this folder of images (class folders give labels)
     inputs: str = ""  # with onnx: golden inputs already preprocessed (.npy; .npz by input name for several)
+    dvpp: bool = False  # with images (JPEG): the board decodes and resizes them on DVPP into a YUV420SP AIPP model
 
 
 @dataclass

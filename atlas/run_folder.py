@@ -35,6 +35,7 @@ GOLDEN_LABELS = "golden/labels.npy"
 GOLDEN_REFERENCE = "golden/reference.npy"  # onnxruntime fp32 outputs
 GOLDEN_INPUTS_NPZ = "golden/inputs.npz"  # a model with several inputs: one array per input name
 GOLDEN_REFERENCE_NPZ = "golden/reference.npz"  # several outputs: one array per output name
+GOLDEN_IMAGES = "golden/images"  # export.dvpp: the JPEGs the board decodes on DVPP, in golden order (000000.jpg, ...)
 MODEL_OM = "model.om"
 ATC_LOG = "atc.log"
 INSERT_OP_CFG = "insert_op.cfg"  # om: the AIPP config, when export chose AIPP
@@ -77,6 +78,7 @@ AMCT_RECORD = "amct/amct.json"  # the sha256 of the model and calibration set AM
 REMOTE_MODEL = "model.om"
 REMOTE_INPUTS = "inputs.npy"
 REMOTE_INPUTS_NPZ = "inputs.npz"
+REMOTE_IMAGES = "images"  # export.dvpp: golden/images/ (images-<count>/ on the board: no file of a larger set stays)
 REMOTE_APP = "app"
 REMOTE_OUTPUTS = "outputs.npy"  # = BOARD_OUTPUTS: fetched under the same names
 REMOTE_OUTPUTS_NPZ = "outputs.npz"
@@ -256,6 +258,13 @@ class ExportRecord(Record):
     def board_inputs_path(self, run: str | os.PathLike | Run) -> Path:
         return as_run(run) / self["board_input"].get("path", GOLDEN_INPUTS)
 
+    def board_images(self, run: str | os.PathLike | Run) -> list[Path] | None:
+        """export.dvpp: the JPEG files the board decodes, in golden order; None when the board is fed arrays."""
+        if not self["board_input"].get("images"):
+            return None
+        count = int(self["board_input"].get("image_count", 0))
+        return [as_run(run) / GOLDEN_IMAGES / golden_image_name(i) for i in range(count)]
+
     @property
     def batch(self) -> int:
         return int(self["input"]["shape"][0])
@@ -346,11 +355,23 @@ def stale_om(run: str | os.PathLike | Run, export: ExportRecord) -> str | None:
     return None
 
 
+def golden_image_name(index: int) -> str:
+    return f"{index:06d}.jpg"
+
+
+def remote_images_dir(count: int) -> str:
+    return f"{REMOTE_IMAGES}-{count}"
+
+
 def stale_upload(run: str | os.PathLike | Run, board: dict[str, Any], inputs: Path) -> str | None:
     """Why a board's outputs no longer answer the current model.om and golden inputs (deploy.json keeps the
     sha256 of what it sent); None when they still do."""
     run = as_run(run)
     current = {REMOTE_MODEL: run / MODEL_OM, REMOTE_INPUTS: inputs, REMOTE_INPUTS_NPZ: inputs}
+    export = ExportRecord.read_unchecked(run)
+    images = export.board_images(run) if export is not None and "board_input" in export else None
+    for path in images or []:  # export.dvpp: the JPEGs, by their name on the board
+        current[f"{remote_images_dir(len(images))}/{path.name}"] = path
     for upload in board.get("uploads") or []:
         local = current.get(upload.get("file"))
         if local is not None and local.is_file() and upload.get("sha256") and sha256_file(local) != upload["sha256"]:
