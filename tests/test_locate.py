@@ -4,6 +4,7 @@ without a fault every tensor is within threshold. Bad input is one line with the
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import uuid
 from pathlib import Path
@@ -103,14 +104,20 @@ def test_an_overflow_mid_network_is_reported_as_overflow_at_that_tensor(demo_run
     assert first["node"] == layer and first["why"] == "overflow"
 
 
-def test_bisect_finds_the_same_operator(demo_run, copy_of, tmp_path, capsys):
-    run = copy_of(demo_run)
-    layer = _faulty_layer(run, "Conv", 2)
-    with running_board(tmp_path / "state", name="bisect", fault=f"{layer}:offset:5") as board:
+@pytest.mark.parametrize("which", ["demo", pytest.param("lenet", marks=pytest.mark.slow),
+                                   pytest.param("resnet", marks=pytest.mark.slow)])
+def test_bisect_finds_the_same_operator(which, demo_run, lenet_run, resnet_run, copy_of, tmp_path, capsys):
+    run = copy_of({"demo": demo_run, "lenet": lenet_run, "resnet": resnet_run}[which])
+    layer = _faulty_layer(run, "Conv", 1)
+    with running_board(tmp_path / "state", name=f"bisect-{which}", fault=f"{layer}:offset:5") as board:
+        assert locate(run, board) == 1, capsys.readouterr().err  # the extra-output mode first
+        extra_record = json.loads((run / "locate.json").read_text())
+        extra = extra_record["first_divergent"]["node"]
         assert locate(run, board, "--bisect") == 1, capsys.readouterr().err
     record = json.loads((run / "locate.json").read_text())
-    assert record["mode"] == "bisect" and record["first_divergent"]["node"] == layer
-    assert len(record["tensors"]) <= 5  # a binary search over 11 tensors, not 11 builds
+    assert record["mode"] == "bisect" and record["first_divergent"]["node"] == layer == extra
+    tensors = len(extra_record["tensors"])
+    assert len(record["tensors"]) <= math.ceil(math.log2(tensors)) + 1 < tensors  # a binary search, not one build each
 
 
 def test_the_fault_applies_only_to_the_board_it_was_given_to(demo_run, copy_of, tmp_path, capsys):
