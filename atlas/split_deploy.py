@@ -22,9 +22,10 @@ import time
 from pathlib import Path
 
 from atlas import run_folder as rf
-from atlas.board_access import BOARD_APP_DIR, board_session, preflight, remote_run_dir, with_env_script
+from atlas.board_access import (BOARD_APP_DIR, board_session, check_runtime, preflight, remote_run_dir,
+                                with_env_script)
 from atlas.config import Config
-from atlas.deploy import Bundle, board_label, bytes_to_send, check_board, check_space, load_bundle, upload
+from atlas.deploy import Bundle, board_label, load_bundle
 from atlas.errors import UserError
 from atlas.fileio import read_json, sha256_file, write_text
 
@@ -34,6 +35,7 @@ ROLES = (rf.SPLIT_A, rf.SPLIT_B)
 LISTENING = re.compile(r"split_app\.py: listening on port (\d+)")
 SERVER_START_S = 120.0  # B's board: loading its model before it listens (the emulator compiles it first)
 SERVER_STOP_S = 20.0
+SPACE_MARGIN = 1 << 20  # outputs, timing and logs
 
 
 def board_roles(boards: list[str]) -> dict[str, str]:
@@ -100,9 +102,23 @@ class Board:
         self.record["address"] = s.display
         self.remote = self.record["remote_dir"] = remote_run_dir(s, self.cfg.deploy, self.bundle.name)
         report = self.record["preflight"] = preflight(s, self.remote, self.cfg.deploy)
-        check_board(report, self.bundle, s.display)
-        check_space(report, s.display, bytes_to_send(s, self.bundle, self.bundle.files, self.remote))
-        upload(s, self.bundle, self.bundle.files, self.remote, self.record)
+        check_runtime(report, s.display)
+        sim = self.bundle.sim_model
+        if sim != bool(report.get("acl_sim")):
+            raise UserError(f"board {s.display}: {self.bundle.model} is a {'simulated' if sim else 'real'} .om and "
+                            f"this board's acl is {'real' if sim else 'the emulator (a sim board)'}: build the "
+                            f"{'real' if sim else 'sim'} one with make om{'' if sim else ' SIM=1'}")
+        files = self.bundle.files
+        to_send = sum(local.stat().st_size for local, relative in files
+                      if s.sha256(f"{self.remote}/{relative}") != self.bundle.digest(local))
+        if report.get("free_bytes", 0) < to_send + SPACE_MARGIN:
+            raise UserError(f"board {s.display}: not enough free space in {report.get('free_checked_at')}: the "
+                            f"split bundle needs {(to_send + SPACE_MARGIN) / 2**20:.1f} MiB")
+        for local, relative in files:
+            put = s.put(local, f"{self.remote}/{relative}", progress=True)
+            self.record["uploads"].append({"file": relative, "remote": put.remote, "sent": put.sent,
+                                           "bytes_sent": put.bytes_sent, "bytes": local.stat().st_size,
+                                           "sha256": put.sha256})
         link_dir = f"{self.remote}/{rf.REMOTE_LINK_DIR}"
         s.run(["mkdir", "-p", "-m", "700", link_dir])
         s.run(["chmod", "700", link_dir])
