@@ -32,8 +32,7 @@ class AclError(Exception):
 
 
 class ModelError(Exception):
-    """The model is one this app cannot feed (several inputs, dynamic dims other than a batch, sizes that do not
-    add up)."""
+    """The model is one this app cannot feed (dynamic dims other than a batch, sizes that do not add up)."""
 
 
 def check(call, ret):
@@ -90,8 +89,9 @@ def _product(values):
 class TensorInfo(object):
     """One model input or output as the model description gives it: size in bytes, dims, numpy dtype name."""
 
-    def __init__(self, index, size, dims, dtype, sample_shapes=None):
+    def __init__(self, index, size, dims, dtype, sample_shapes=None, name=""):
         self.index = index
+        self.name = name                  # the model's name for it (golden inputs.npz is keyed by it)
         self.size = size
         self.dims = dims                  # the batch is dims[0]
         self.dtype = dtype
@@ -114,7 +114,8 @@ class ModelSession(object):
         self.device_id = device_id
         self.run_mode = None
         self.load_ms = None
-        self.input = None
+        self.input = None         # inputs[0]
+        self.inputs = []          # every data input, in model order (the profile tensor is not one)
         self.outputs = []
         self.copy_in_kind = None
         self.copy_out_kind = None
@@ -158,14 +159,19 @@ class ModelSession(object):
         self._desc = desc
 
         self._find_dynamic_batch(desc)
-        self.input = self._describe_input(desc)
+        count = acl.mdl.get_num_inputs(desc) - (self.dynamic_index is not None)
+        if count < 1 or self.dynamic_index not in (None, count):
+            raise ModelError("the model has %d data inputs and its profile tensor at %s: infer.py feeds the data "
+                             "inputs first" % (count, self.dynamic_index))
+        self.inputs = [self._describe_input(desc, i) for i in range(count)]
+        self.input = self.inputs[0]
         self.outputs = [self._describe_output(desc, i) for i in range(acl.mdl.get_num_outputs(desc))]
         if not self.outputs:
             raise ModelError("the model description lists no outputs")
         if self.outputs[0].batch != self.input.batch:
             raise ModelError("model output 0 has dims %s, whose first dim is not the input batch %d: infer.py "
                              "writes one output row per input sample" % (self.outputs[0].dims, self.input.batch))
-        inputs = [self.input]
+        inputs = list(self.inputs)
         if self.dynamic_index is not None:
             size = acl.mdl.get_input_size_by_index(desc, self.dynamic_index)
             inputs.append(TensorInfo(self.dynamic_index, size, [size], "uint8"))
@@ -192,7 +198,7 @@ class ModelSession(object):
     def _find_dynamic_batch(self, desc):
         """A dynamic-batch .om has a second input, the profile tensor, and lists its batch sizes."""
         mdl = self.acl.mdl
-        if mdl.get_num_inputs(desc) != 2 or not hasattr(mdl, "get_dynamic_batch"):
+        if mdl.get_num_inputs(desc) < 2 or not hasattr(mdl, "get_dynamic_batch"):
             return
         index, ret = mdl.get_input_index_by_name(desc, DYNAMIC_TENSOR_NAME)
         if ret != C.ACL_SUCCESS:
@@ -205,29 +211,28 @@ class ModelSession(object):
         self.dynamic_index = index
         self.profiles = sorted(int(b) for b in batches["batch"])
 
-    def _describe_input(self, desc):
+    def _describe_input(self, desc, index):
         mdl = self.acl.mdl
-        count = mdl.get_num_inputs(desc) - (self.dynamic_index is not None)
-        if count != 1 or self.dynamic_index == 0:
-            raise ModelError("the model has %d inputs; infer.py feeds exactly one" % count)
-        size = mdl.get_input_size_by_index(desc, 0)
+        what = "input %d" % index
+        size = mdl.get_input_size_by_index(desc, index)
         # With static AIPP the size to allocate is the product of get_input_dims_v2, not of get_input_dims
         # (spec §1.3 [OFF]), and v2 gives the uint8 NHWC layout AIPP takes (spec/atc.md §6): use v2 where this
         # CANN has it.
         has_v2 = hasattr(mdl, "get_input_dims_v2")
         call = "acl.mdl.get_input_dims_v2" if has_v2 else "acl.mdl.get_input_dims"
-        dims_info, ret = (mdl.get_input_dims_v2 if has_v2 else mdl.get_input_dims)(desc, 0)
+        dims_info, ret = (mdl.get_input_dims_v2 if has_v2 else mdl.get_input_dims)(desc, index)
         check(call, ret)
+        name = str(dims_info.get("name", ""))
         dims = self._largest_batch(_dims_list(dims_info))
-        acl_dtype = mdl.get_input_data_type(desc, 0)
+        acl_dtype = mdl.get_input_data_type(desc, index)
         dtype = C.NUMPY_DTYPE.get(acl_dtype)
         if dtype is None:
-            raise ModelError("model input 0 has aclDataType %r, which infer.py cannot feed" % (acl_dtype,))
-        _check_static(dims, "input 0")
+            raise ModelError("model %s has aclDataType %r, which infer.py cannot feed" % (what, acl_dtype))
+        _check_static(dims, what)
         frames = _yuv420sp_frames(dims, size)
         if frames is not None:
-            info = TensorInfo(0, size, frames[0], "uint8")
-            info.yuv420sp = frames[1] + self._model_hw(desc, frames[1])
+            info = TensorInfo(index, size, frames[0], "uint8", name=name)
+            info.yuv420sp = frames[1] + self._model_hw(desc, index, frames[1])
             return info
         if _product(dims) * np.dtype(dtype).itemsize != size and _product(dims) == size:
             # Static AIPP feeds the model uint8 pixels (spec/atc.md §6 layout change); whether the reported data
@@ -238,18 +243,18 @@ class ModelSession(object):
             # Without v2 we cannot tell whether get_input_dims gives the pre-AIPP NCHW dims or the NHWC ones
             # AIPP takes; accept the NHWC reading too (the layout our AIPP inputs have).
             sample_shapes.append((dims[2], dims[3], dims[1]))
-        info = TensorInfo(0, size, dims, dtype, sample_shapes)
-        _check_size(info, "input 0")
+        info = TensorInfo(index, size, dims, dtype, sample_shapes, name=name)
+        _check_size(info, what)
         return info
 
-    def _model_hw(self, desc, source_hw):
+    def _model_hw(self, desc, index, source_hw):
         """The model's own H, W behind a YUV420SP AIPP (what the VPC resizes to; AIPP crops the stride off):
         get_input_dims gives the pre-AIPP NCHW dims where get_input_dims_v2 exists (spec §1.3 relation) [INFER on
         the 310]; else the source size."""
         mdl = self.acl.mdl
         if not hasattr(mdl, "get_input_dims_v2"):
             return source_hw
-        dims_info, ret = mdl.get_input_dims(desc, 0)
+        dims_info, ret = mdl.get_input_dims(desc, index)
         check("acl.mdl.get_input_dims", ret)
         dims = _dims_list(dims_info)
         if len(dims) == 4 and dims[1] == 3 and 0 < dims[2] <= source_hw[0] and 0 < dims[3] <= source_hw[1]:
@@ -309,26 +314,22 @@ class ModelSession(object):
         """Copy one batch in, execute, copy the outputs out.
 
         `batch` is a C-contiguous array of the input's dtype holding exactly `input.batch` samples, or, with a
-        dynamic-batch .om, one of its profiles. Returns (outputs, seconds): one array per model output in the
-        model's dtype and the dims of this execution, and the copy-in, execute and copy-out times.
+        dynamic-batch .om, one of its profiles; for a model with several inputs, a list of such arrays, one per
+        input in model order. Returns (outputs, seconds): one array per model output in the model's dtype and the
+        dims of this execution, and the copy-in, execute and copy-out times.
         """
         acl = self.acl
         started = time.perf_counter()
-        rows = batch.shape[0]
+        batches = batch if isinstance(batch, (list, tuple)) else [batch]
+        if len(batches) != len(self.inputs):
+            raise ModelError("%d input arrays for a model with %d inputs" % (len(batches), len(self.inputs)))
+        rows = batches[0].shape[0]
         if self.profiles:
             if rows not in self.profiles:
                 raise ModelError("a batch of %d samples is not a profile of the model %s" % (rows, self.profiles))
             check("acl.mdl.set_dynamic_batch_size", acl.mdl.set_dynamic_batch_size(
                 self._model_id, self._input_dataset, self.dynamic_index, rows))
-        if self.staging == "bytes":
-            keep_alive = batch.tobytes()  # the bytes must outlive the pointer (spec §1.6)
-            source = acl.util.bytes_to_ptr(keep_alive)
-        else:
-            keep_alive = batch
-            source = acl.util.numpy_to_ptr(keep_alive)
-        size = batch.nbytes
-        check("acl.rt.memcpy", acl.rt.memcpy(self.input.device_ptr, self.input.size, source, size,
-                                             self.copy_in_kind))
+        keep_alive = [self._copy_in(tensor, array) for tensor, array in zip(self.inputs, batches)]
         copied_in = time.perf_counter()
         check("acl.mdl.execute", acl.mdl.execute(self._model_id, self._input_dataset, self._output_dataset))
         executed = time.perf_counter()
@@ -336,6 +337,19 @@ class ModelSession(object):
         copied_out = time.perf_counter()
         del keep_alive
         return outputs, (copied_in - started, executed - copied_in, copied_out - executed)
+
+    def _copy_in(self, tensor, array):
+        """One input's samples into its device buffer; returns what must outlive the copy."""
+        acl = self.acl
+        if self.staging == "bytes":
+            keep_alive = array.tobytes()  # the bytes must outlive the pointer (spec §1.6)
+            source = acl.util.bytes_to_ptr(keep_alive)
+        else:
+            keep_alive = array
+            source = acl.util.numpy_to_ptr(keep_alive)
+        check("acl.rt.memcpy", acl.rt.memcpy(tensor.device_ptr, tensor.size, source, array.nbytes,
+                                             self.copy_in_kind))
+        return keep_alive
 
     def _read_output(self, tensor):
         acl = self.acl

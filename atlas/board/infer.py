@@ -33,6 +33,7 @@ SIM_OM_MAGIC = b"AKDSIMOM"
 SIM_OM_ON_REAL_BOARD = ("this is a simulated .om, built by atc-sim: a real Ascend board cannot run it; "
                         "build a real one with `make om` (ATC)")
 NPY_MAGIC = b"\x93NUMPY"
+NPZ_MAGIC = b"PK\x03\x04"  # an .npz is a zip archive of .npy files, one per model input name
 # = REMOTE_TIMING in atlas/run_folder.py (the name deploy fetches), likewise copied
 TIMING_NAME = "timing.json"
 PROGRESS_EVERY_S = 2.0
@@ -81,10 +82,13 @@ def read_model_head(path):
 
 
 def load_inputs(path):
-    """The input array, memory-mapped; UsageError if it is not a readable .npy of at least one sample."""
+    """The input array, memory-mapped; UsageError if it is not a readable .npy of at least one sample. An .npz
+    (a model with several inputs) gives a list of (name, array) in the file's order."""
     try:
         with open(path, "rb") as f:
             magic = f.read(len(NPY_MAGIC))
+        if magic[:len(NPZ_MAGIC)] == NPZ_MAGIC:
+            return load_named_inputs(path)
         if magic != NPY_MAGIC:
             raise UsageError("the inputs %s are not a .npy file (no NUMPY magic at the start)" % path)
         inputs = np.load(path, mmap_mode="r", allow_pickle=False)
@@ -96,6 +100,43 @@ def load_inputs(path):
         raise UsageError("the inputs %s must be an array of one or more samples, got shape %s"
                          % (path, getattr(inputs, "shape", None)))
     return inputs
+
+
+def load_named_inputs(path):
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            named = [(name, archive[name]) for name in archive.files]
+    except (OSError, IOError, ValueError) as e:
+        raise UsageError("the inputs %s are not a readable .npz of arrays: %s" % (path, e))
+    counts = set(a.shape[0] if a.ndim else 0 for _, a in named)
+    if not named or len(counts) != 1 or 0 in counts:
+        raise UsageError("the inputs %s must hold one array per model input, each of the same one or more samples "
+                         "(got %s)" % (path, ", ".join("%s %s" % (n, list(a.shape)) for n, a in named) or "none"))
+    return named
+
+
+def arrange_inputs(inputs, path, session, batch):
+    """One array per model input, in model order: a .npy for a one-input model, the .npz's arrays by input name
+    (by position when the model's description gives no names); each checked against its input."""
+    tensors = session.inputs
+    if isinstance(inputs, np.ndarray):
+        if len(tensors) != 1:
+            raise UsageError("the model has %d inputs (%s): pass --input FILE.npz with one array per input name"
+                             % (len(tensors), ", ".join(t.name or str(t.index) for t in tensors)))
+        arrays = [inputs]
+    else:
+        by_name = dict(inputs)
+        names = [t.name for t in tensors]
+        if all(names) and set(names) == set(by_name):
+            arrays = [by_name[n] for n in names]
+        elif not all(names) and len(inputs) == len(tensors):
+            arrays = [a for _, a in inputs]
+        else:
+            raise UsageError("the inputs %s hold %s; the model's inputs are %s" % (path, sorted(by_name), names))
+    for array, tensor in zip(arrays, tensors):
+        what = path if len(tensors) == 1 else "%s[%s]" % (path, tensor.name or tensor.index)
+        check_inputs_fit(array, what, tensor, batch, session.profiles)
+    return arrays
 
 
 def import_acl():
@@ -113,7 +154,7 @@ def is_sim_acl(acl):
 
 
 def check_inputs_fit(inputs, path, model_input, batch, profiles=()):
-    """UsageError unless each sample of `inputs` has the shape and dtype model input 0 takes, and `batch` is the
+    """UsageError unless each sample of `inputs` has the shape and dtype `model_input` takes, and `batch` is the
     model's batch (or one of its profiles when the batch is dynamic)."""
     shapes = model_input.sample_shapes
     sample_shape = tuple(inputs.shape[1:])
@@ -142,7 +183,8 @@ def run_passes(session, inputs, loop, progress, batch=None):
     Full batches run at `batch` (default: the model's, the largest profile of a dynamic one); the last partial
     batch runs at the smallest batch that holds it (a profile of a dynamic-batch .om), zero-padded."""
     batch = batch or session.input.batch
-    count = inputs.shape[0]
+    inputs = inputs if isinstance(inputs, list) else [inputs]  # one array per model input
+    count = inputs[0].shape[0]
     executions = int(math.ceil(count / float(batch)))
     results = [np.empty((count,) + tuple(output.dims[1:]), dtype=np.float32) for output in session.outputs]
     copy_in_s, execute_s, copy_out_s = [], [], []
@@ -153,7 +195,7 @@ def run_passes(session, inputs, loop, progress, batch=None):
             first = step * batch
             last = min(first + batch, count)
             run_rows = batch if last - first == batch else session.profile_for(last - first)
-            samples = _padded(inputs[first:last], run_rows)
+            samples = [_padded(array[first:last], run_rows) for array in inputs]
             model_outputs, seconds = session.run_batch(samples)
             copy_in_s.append(seconds[0])
             execute_s.append(seconds[1])
@@ -193,7 +235,8 @@ def make_progress(out):
 
 def timing_report(args, session, inputs, timings, acl_kind):
     execute_ms = np.array(timings["execute"]) * 1000.0
-    images = inputs.shape[0] * args.loop
+    count = inputs[0].shape[0] if isinstance(inputs, list) else inputs.shape[0]
+    images = count * args.loop
     return {
         "acl": acl_kind,
         "run_mode": C.RUN_MODE_NAMES.get(session.run_mode, str(session.run_mode)),
@@ -203,7 +246,7 @@ def timing_report(args, session, inputs, timings, acl_kind):
         "batch": args.batch or session.input.batch,
         "dynamic_batch": session.profiles or None,
         "loop": args.loop,
-        "samples": int(inputs.shape[0]),
+        "samples": int(count),
         "executions": len(timings["execute"]),
         "executions_per_pass": timings["executions_per_pass"],
         # executions per batch size run (a dynamic .om runs its last partial batch at a smaller profile), and the
@@ -227,6 +270,7 @@ def timing_report(args, session, inputs, timings, acl_kind):
         "throughput_images_per_s": round(images / timings["total"], 2) if timings["total"] > 0 else None,
         "input": {"shape": list(session.input.dims), "dtype": session.input.dtype,
                   "memcpy_kind": C.MEMCPY_KIND_NAMES[session.copy_in_kind]},
+        "inputs": [{"name": t.name, "shape": list(t.dims), "dtype": t.dtype} for t in session.inputs],
         "output": {"shape": list(session.outputs[0].dims), "dtype": session.outputs[0].dtype,
                    "memcpy_kind": C.MEMCPY_KIND_NAMES[session.copy_out_kind], "written_as": "float32"},
         "host_staging": "bytes_to_ptr/ptr_to_bytes" if session.staging == "bytes" else "numpy_to_ptr/ptr_to_numpy",
@@ -293,7 +337,7 @@ def run(args):
         session.open()
         if images is not None:
             inputs = decoded_images(acl, session, images, dvpp)
-        check_inputs_fit(inputs, args.input or args.images, session.input, args.batch, session.profiles)
+        inputs = arrange_inputs(inputs, args.input or args.images, session, args.batch)
         if len(session.outputs) > 1 and not args.output.endswith(".npz"):
             raise UsageError("the model has %d outputs: pass --output FILE.npz (one array per output)"
                              % len(session.outputs))
