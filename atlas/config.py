@@ -121,6 +121,11 @@ class DeployConfig:
     connect_timeout_s: float = 10.0
     retries: int = 4
     memory_mib: int = 8192  # the board's memory: lint refuses a tensor larger than this (an Atlas 200 DK: 8 GB)
+    # model updates that send only what changed (docs/delta.md): off | lossless | lossy
+    delta: str = "off"
+    delta_tolerance: float = 1e-3  # lossy: each rebuilt weight within this fraction of its tensor's RMS
+    delta_route: str = "auto"  # auto: ATC on the board when it has one, else a binary delta of the .om | atc | om
+    atc: str = ""  # the board's ATC for delta rebuilds; empty: atc on its PATH (atc-sim for a sim .om)
 
 
 @dataclass

@@ -20,8 +20,10 @@ from atlas import run_folder as rf
 from atlas.board_access import (BOARD_APP_DIR, board_session, check_runtime, preflight, remote_run_dir,
                                 with_env_script)
 from atlas.config import Config, DeployConfig
+from atlas.delta import MODES
 from atlas.errors import UserError
 from atlas.fileio import read_json, require_writable, sha256_file, write_text
+from atlas.model_update import ROUTES, TOOL, TOOL_PATH, ModelUpdate, NewModel, describe
 from atlas.sim_om import is_real_om, is_sim_om
 
 # the app's own files (the preflight runs with `python3 -c` and is not shipped)
@@ -44,6 +46,7 @@ class Bundle:
     digests: dict[Path, str] = field(default_factory=dict)  # sha256 of each file, read once for every board
     remote_inputs: str = rf.REMOTE_INPUTS  # inputs.npz for a model with several inputs
     remote_outputs: str = rf.REMOTE_OUTPUTS  # outputs.npz for a model with several outputs
+    new_model: NewModel | None = None  # with deploy.delta: the model as a ModelUpdate sends it
 
     @property
     def size(self) -> int:
@@ -78,6 +81,7 @@ def load_bundle(run: rf.Run, cfg: DeployConfig) -> Bundle:
                         f"batch it was built with (export again with --export-batch {cfg.batch})")
     if cfg.loop < 1:
         raise UserError(f"deploy.loop must be >= 1 (got {cfg.loop})")
+    check_delta_options(cfg)
     app_files = [BOARD_APP_DIR / name for name in APP_FILES]
     bundle = Bundle(run.path, run.name, model, inputs, app_files, batch, is_sim_om(head))
     bundle.remote_inputs = rf.REMOTE_INPUTS_NPZ if inputs.suffix == ".npz" else rf.REMOTE_INPUTS
@@ -91,15 +95,28 @@ def load_bundle(run: rf.Run, cfg: DeployConfig) -> Bundle:
         bundle.remote_inputs = rf.remote_images_dir(len(images))
         bundle.files[1:2] = [(p, f"{bundle.remote_inputs}/{p.name}") for p in images]
     bundle.digests = {local: sha256_file(local) for local, _ in bundle.files}
+    if cfg.delta != "off":
+        aipp = run / rf.INSERT_OP_CFG
+        bundle.new_model = NewModel(export.onnx_path(run), model, bundle.sim_model, aipp if export.aipp else None)
     return bundle
+
+
+def check_delta_options(cfg: DeployConfig) -> None:
+    if cfg.delta not in MODES:
+        raise UserError(f"deploy.delta must be one of {', '.join(MODES)} (got {cfg.delta!r})")
+    if cfg.delta_route not in ROUTES:
+        raise UserError(f"deploy.delta_route must be one of {', '.join(ROUTES)} (got {cfg.delta_route!r})")
+    if not 0 < cfg.delta_tolerance < 0.5:
+        raise UserError(f"deploy.delta_tolerance must be above 0 and below 0.5 (a fraction of each tensor's RMS; "
+                        f"got {cfg.delta_tolerance})")
 
 
 def board_label(spec: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", spec).strip("_") or "board"
 
 
-def check_preflight(report: dict, bundle: Bundle, display: str, to_send: int) -> None:
-    """Refuse, in one line, a board that cannot run this bundle (`to_send`: the bytes it does not have yet)."""
+def check_board(report: dict, bundle: Bundle, display: str) -> None:
+    """Refuse, in one line, a board that cannot run this bundle."""
     check_runtime(report, display)
     if bundle.sim_model and not report.get("acl_sim"):
         raise UserError(f"board {display}: {bundle.model} is a simulated .om, built by atc-sim, and this board's "
@@ -107,20 +124,51 @@ def check_preflight(report: dict, bundle: Bundle, display: str, to_send: int) ->
     if not bundle.sim_model and report.get("acl_sim"):
         raise UserError(f"board {display} is a sim board (pyACL emulator) and {bundle.model} is a real .om: "
                         "the emulator cannot run it; build with make om SIM=1 for a rehearsal")
+
+
+def check_space(report: dict, display: str, to_send: int) -> None:
+    """Refuse, in one line, a board without room for `to_send` bytes (what it does not have yet)."""
     needed = to_send + _SPACE_MARGIN  # files the board holds already are not sent again
     if report.get("free_bytes", 0) < needed:
         raise UserError(f"board {display}: not enough free space in {report.get('free_checked_at')}: the bundle "
                         f"needs {needed / 2**20:.1f} MiB, {report['free_bytes'] / 2**20:.1f} MiB free")
 
 
-def bytes_to_send(session, bundle: Bundle, remote: str) -> int:
-    """What the upload will really send: the bundle's files whose copy on the board differs or is missing."""
-    return sum(local.stat().st_size for local, relative in bundle.files
+def bytes_to_send(session, bundle: Bundle, files: list[tuple[Path, str]], remote: str) -> int:
+    """What uploading `files` will really send: those whose copy on the board differs or is missing."""
+    return sum(local.stat().st_size for local, relative in files
                if session.sha256(f"{remote}/{relative}") != bundle.digest(local))
 
 
-def deploy_one(spec: str, bundle: Bundle, cfg: DeployConfig, local_dir: Path, say, trust_new_host: bool) -> dict:
+def upload(session, bundle: Bundle, files: list[tuple[Path, str]], remote: str, record: dict) -> None:
+    for local, relative in files:
+        put = session.put(local, f"{remote}/{relative}", progress=True)
+        record["uploads"].append({"file": relative, "remote": put.remote, "sent": put.sent,
+                                  "bytes_sent": put.bytes_sent, "bytes": local.stat().st_size,
+                                  "sha256": put.sha256, "retries": put.retries})
+
+
+def update_model(session, bundle: Bundle, cfg: Config, remote: str, local_dir: Path, say, record: dict) -> None:
+    """deploy.delta: the app and the inputs as always, the model through a ModelUpdate (a delta when the board
+    holds a base for one); deploy.json gets its "delta" entry."""
+    tool = (TOOL_PATH, f"{rf.REMOTE_APP}/{TOOL}")
+    bundle.digests.setdefault(TOOL_PATH, sha256_file(TOOL_PATH))
+    upload(session, bundle, [tool], remote, record)  # needed first: it probes the board
+    update = ModelUpdate(session, cfg, bundle.new_model, remote, local_dir, say)
+    plan = update.plan()
+    others = [(local, relative) for local, relative in bundle.files if relative != rf.REMOTE_MODEL]
+    staging = plan.full.stat().st_size + (bundle.model.stat().st_size if plan.route == "atc" else 0)
+    check_space(record["preflight"], session.display,
+                bytes_to_send(session, bundle, others, remote) + plan.upload_bytes + staging)
+    upload(session, bundle, others, remote, record)
+    record["delta"] = update.send(plan, [relative for _, relative in [*others, tool]])
+    record["uploads"] += update.uploads
+    record["model_bytes_sent"] = record["delta"]["bytes_sent"]
+
+
+def deploy_one(spec: str, bundle: Bundle, full_cfg: Config, local_dir: Path, say, trust_new_host: bool) -> dict:
     """Deploy to one board; returns its deploy.json entry (raises UserError on the first problem)."""
+    cfg = full_cfg.deploy
     record: dict = {"board": spec, "local_dir": str(local_dir.relative_to(bundle.run_dir)), "uploads": []}
     durations = record["durations_s"] = {}
     t0 = time.perf_counter()
@@ -130,17 +178,18 @@ def deploy_one(spec: str, bundle: Bundle, cfg: DeployConfig, local_dir: Path, sa
         record["remote_dir"] = remote
         report = preflight(session, remote, cfg)
         record["preflight"] = report
-        check_preflight(report, bundle, session.display, bytes_to_send(session, bundle, remote))
+        check_board(report, bundle, session.display)
         durations["preflight"] = time.perf_counter() - t0
 
         t = time.perf_counter()
-        for local, relative in bundle.files:
-            put = session.put(local, f"{remote}/{relative}", progress=True)
-            record["uploads"].append({"file": relative, "remote": put.remote, "sent": put.sent,
-                                      "bytes_sent": put.bytes_sent, "bytes": local.stat().st_size,
-                                      "sha256": put.sha256, "retries": put.retries})
+        if bundle.new_model is None:
+            check_space(report, session.display, bytes_to_send(session, bundle, bundle.files, remote))
+            upload(session, bundle, bundle.files, remote, record)
+            record["model_bytes_sent"] = next(u["bytes_sent"] for u in record["uploads"]
+                                              if u["file"] == rf.REMOTE_MODEL)
+        else:
+            update_model(session, bundle, full_cfg, remote, local_dir, say, record)
         record["bytes_sent"] = sum(u["bytes_sent"] for u in record["uploads"])
-        record["model_bytes_sent"] = next(u["bytes_sent"] for u in record["uploads"] if u["file"] == rf.REMOTE_MODEL)
         durations["upload"] = time.perf_counter() - t
 
         t = time.perf_counter()
@@ -200,7 +249,7 @@ def deploy(cfg: Config, run: str | Path | rf.Run, *, trust_new_host: bool = Fals
     def one(spec: str, label: str) -> dict:
         local_dir = run_dir / rf.BOARD / label if several else run_dir / rf.BOARD
         try:
-            return deploy_one(spec, bundle, cfg.deploy, local_dir, sayer(label), trust_new_host)
+            return deploy_one(spec, bundle, cfg, local_dir, sayer(label), trust_new_host)
         except UserError as e:
             return {"board": spec, "status": "error", "error": e.message, "exit_code": e.exit_code,
                     "local_dir": str(local_dir.relative_to(run_dir))}
@@ -236,4 +285,6 @@ def format_summary(report: dict) -> str:
                      f"{t.get('samples')} images, execute p50 {lat.get('p50')} ms, p99 {lat.get('p99')} ms, "
                      f"{t.get('throughput_images_per_s')} images/s (acl {t.get('acl')}); "
                      f"{d['total']:.1f} s -> {r['local_dir']}/")
+        if r.get("delta"):
+            lines.append(f"    {describe(r['delta'])}")
     return "\n".join(lines)

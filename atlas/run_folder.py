@@ -73,6 +73,8 @@ AMCT_PREFIX = "amct/model"  # AMCT's save_path: it writes <prefix>_deploy_model.
 AMCT_DEPLOY = "amct/model_deploy_model.onnx"
 AMCT_FAKE_QUANT = "amct/model_fake_quant_model.onnx"
 AMCT_RECORD = "amct/amct.json"  # the sha256 of the model and calibration set AMCT quantised
+BOARD_HELD = "held"  # deploy with deploy.delta, beside a board's outputs: copies of what the board holds (the
+#                      next delta's base: model.onnx or model.om, manifest.json)
 
 # --- on the board, under <deploy.remote_dir>/<run name>/ ------------------------------------------------------
 REMOTE_MODEL = "model.om"
@@ -88,6 +90,10 @@ REMOTE_RESULTS = (REMOTE_OUTPUTS, REMOTE_TIMING)  # written only by the app: rem
 REMOTE_SPLIT_HEAD = "head.npz"  # split: the merge head, on A's board
 REMOTE_LINK_DIR = ".link"  # split: a 0700 folder holding the link's key (REMOTE_LINK_KEY), on both boards
 REMOTE_LINK_KEY = "link.key"
+REMOTE_ONNX = "model.onnx"  # deploy.delta with ATC on the board: the ONNX the board built its model.om from
+REMOTE_MANIFEST = "manifest.json"  # deploy.delta: what the board holds, by file and by tensor (docs/delta.md)
+REMOTE_STAGING = ".update"  # deploy.delta: an update's files until they are committed onto their names
+REMOTE_DELTA = "update.delta"  # deploy.delta: the delta, in the staging folder
 
 
 class Run:
@@ -298,6 +304,16 @@ class DeployRecord(Record):
     def ok_boards(self) -> list[dict[str, Any]]:
         return [b for b in self.get("boards") or [] if b.get("status") == "ok"]
 
+    @staticmethod
+    def held_weights(run: str | os.PathLike | Run, board: dict[str, Any]) -> Path | None:
+        """This machine's copy of the ONNX a board holds when its weights are not the export's (a lossy delta
+        rebuilt them): verify's reference for that board. None when the board holds the exported model."""
+        delta = board.get("delta") or {}
+        held = delta.get("board_onnx") or {}
+        if not held.get("sha256") or held["sha256"] == delta.get("exact_onnx_sha256"):
+            return None
+        return as_run(run) / board["local_dir"] / held["path"]
+
 
 class VerifyRecord(Record):
     FILE = "verify.json"
@@ -378,4 +394,9 @@ def stale_upload(run: str | os.PathLike | Run, board: dict[str, Any], inputs: Pa
             what = "built again" if upload["file"] == REMOTE_MODEL else "exported again"  # the inputs
             return (f"{run / board['local_dir']}: the board ran an earlier {upload['file']} ({local} was {what} "
                     "since): deploy again (make deploy), or pass --board-dir DIR with outputs you trust")
+    updated_from = (board.get("delta") or {}).get("exact_onnx_sha256")  # deploy.delta: the ONNX the update was of
+    exported = ((ExportRecord.read_unchecked(run) or {}).get("onnx") or {}).get("sha256")
+    if updated_from and exported and updated_from != exported:
+        return (f"{run / board['local_dir']}: the board holds a model updated from an earlier {ONNX} (exported "
+                "again since): deploy again (make deploy), or pass --board-dir DIR with outputs you trust")
     return None

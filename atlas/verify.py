@@ -16,7 +16,7 @@ import numpy as np
 from atlas import run_folder as rf
 from atlas.config import Config, VerifyConfig
 from atlas.errors import UserError
-from atlas.fileio import atomic_path, read_json, require_writable, write_text
+from atlas.fileio import atomic_path, read_json, require_writable, sha256_file, write_text
 
 
 def compare(outputs: np.ndarray, reference: np.ndarray, labels: np.ndarray, classes: bool | None = None) -> dict:
@@ -118,6 +118,31 @@ def board_dirs(run: rf.Run, board_dir: str | None, inputs: Path) -> list[Path]:
     return [run / rf.BOARD]
 
 
+def board_reference(run: rf.Run, folder: Path, reference: dict[str, np.ndarray], export: dict | None,
+                    inputs: Path) -> tuple[dict[str, np.ndarray], Path | None]:
+    """What a board's outputs are judged against: the export's reference, or, where a lossy delta left the board
+    with other weights, onnxruntime's outputs of those (deploy keeps a copy: `DeployRecord.held_weights`)."""
+    record = rf.DeployRecord.read_unchecked(run)
+    entry = next((b for b in record.ok_boards() if (run / b["local_dir"]).resolve() == folder.resolve()), None) \
+        if record is not None else None
+    held = rf.DeployRecord.held_weights(run, entry) if entry is not None else None
+    if held is None:
+        return reference, None
+    if not held.is_file() or sha256_file(held) != entry["delta"]["board_onnx"]["sha256"]:
+        raise UserError(f"{held}: not the copy of the weights {entry['board']} holds (deploy.json has another "
+                        "sha256): deploy again (make deploy)")
+    from export.reference import onnx_session, run_onnx
+    from training.data import normalize
+
+    fed = load_arrays(inputs, "the golden inputs", "the export stage (make onnx)")
+    names = [i["name"] for i in export.get("inputs") or [export["input"]]]
+    if export.aipp:  # the board gets uint8 pixels and normalises them on chip; onnxruntime takes the model's input
+        norm = export.normalization
+        fed = {k: normalize(v, norm["mean"], norm["std"]) for k, v in fed.items()}
+    outputs = run_onnx(onnx_session(held), dict(zip(names, fed.values())))
+    return dict(zip(reference, outputs.values())), held
+
+
 def precision_thresholds(v: VerifyConfig, precision: str | None) -> tuple[VerifyConfig, VerifyConfig]:
     """(against the run's reference, against the fp32 reference): an int8 run's board is held near exact to
     the int8 CPU reference, and within the quantisation budget of the fp32 one."""
@@ -151,10 +176,11 @@ def verify(cfg: Config, run: str | Path | rf.Run) -> rf.VerifyRecord:
     results = []
     for folder in folders:
         board = board_outputs(folder, len(reference))
+        judged, held = board_reference(run, folder, reference, export, inputs)
         per_output, failed = [], []
         # the class scores are the first [N, C] output (what the labels are of); others: cosine and errors only
         class_output = next((i for i, r in enumerate(reference.values()) if r.ndim == 2), None)
-        for index, (ref_name, ref) in enumerate(reference.items()):
+        for index, (ref_name, ref) in enumerate(judged.items()):
             name = names[index] if index < len(names) else ref_name
             metrics = compare(board[index], ref, labels, classes=index == class_output)
             failed += judge(metrics, thresholds, name if len(reference) > 1 else "")
@@ -175,6 +201,15 @@ def verify(cfg: Config, run: str | Path | rf.Run) -> rf.VerifyRecord:
             png = folder / rf.CONFUSION
             _plot_confusion(png, confusion, f"board predictions vs labels ({folder.name})")
             entry.update(confusion_matrix=confusion.tolist(), confusion_png=str(png.name))
+        if held is not None:  # judged against what the board really holds; what that costs against the exact model
+            exact = compare(board[class_output or 0], list(reference.values())[class_output or 0], labels,
+                            classes=class_output is not None)
+            entry["lossy_delta"] = {"reference": str(held), "accuracy_exact": exact["accuracy_reference"],
+                                    "accuracy_board": exact["accuracy_board"],
+                                    "accuracy_change": None if exact["accuracy_board"] is None else
+                                    exact["accuracy_board"] - exact["accuracy_reference"],
+                                    "top1_agreement_with_exact": exact["top1_agreement"],
+                                    "cosine_min_with_exact": exact["cosine_min"]}
         results.append(entry)
     report = rf.VerifyRecord({"thresholds": {"min_top1_agreement": thresholds.min_top1_agreement,
                                              "min_cosine": thresholds.min_cosine,
@@ -310,6 +345,11 @@ def format_summary(run_dir: Path, report: dict) -> str:
             lines.append(f"  vs the fp32 reference (the quantisation error): top-1 agreement {_pct(m['top1_agreement'])}, "
                          f"min cosine {m['cosine_min']:.7f}, board accuracy {_pct(m['accuracy_board'])} (fp32 "
                          f"{_pct(m['accuracy_reference'])})")
+        lossy = r.get("lossy_delta")
+        if lossy:
+            lines.append(f"  lossy delta: judged against the weights the board rebuilt ({lossy['reference']}); "
+                         f"against the exact new model: board accuracy {_pct(lossy['accuracy_board'])}, exact "
+                         f"{_pct(lossy['accuracy_exact'])}, top-1 agreement {_pct(lossy['top1_agreement_with_exact'])}")
         for o in r["outputs"] if len(r["outputs"]) > 1 else ():
             lines.append(f"  output {o['name']}: min cosine {o['metrics']['cosine_min']:.7f}, max |diff| "
                          f"{o['metrics']['max_abs_error']:.2e}, top-1 agreement {_pct(o['metrics']['top1_agreement'])}")
