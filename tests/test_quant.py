@@ -241,6 +241,9 @@ def test_make_om_with_quant_1_builds_in_the_derived_run():
     assert "om --run runs/x/int8 --sim" in dry.stdout
     plain = subprocess.run(["make", "-n", "om", "RUN=runs/x"], cwd=REPO, capture_output=True, text=True)
     assert "om --run runs/x " in plain.stdout + " "
+    demo = subprocess.run(["make", "-n", "demo", "QUANT=1", "RUN=runs/x"], cwd=REPO, capture_output=True,
+                          text=True).stdout
+    assert "quantize --run runs/x\n" in demo and "deploy --run runs/x/int8 " in demo and "verify --run runs/x/int8" in demo
 
 
 def _npy(path: Path, array: np.ndarray) -> Path:
@@ -303,3 +306,18 @@ def test_quantizing_an_int8_run_again_is_refused(demo_run, copy_of):
     run = copy_of(demo_run)
     assert main(["quantize", "--run", str(run)]) == 0
     assert_one_line_error(run_cli("quantize", "--run", str(run / rf.INT8)), 2, "is already an int8 run")
+
+
+def test_qat_fine_tunes_a_copy_of_the_student_and_records_what_it_recovered(demo_run, copy_of):
+    run = copy_of(demo_run)
+    student = sha(run / rf.STUDENT)
+    assert main(["quantize", "--run", str(run), "--qat", "--weight-bits", "4", "--quant-qat-epochs", "1",
+                 "--no-progress"]) == 0
+    int8 = run / rf.INT8
+    record = json.loads((int8 / rf.QuantRecord.FILE).read_text())
+    qat = record["qat"]
+    assert qat["epochs"] == 1 and len(qat["history"]) == 1 and qat["accuracy_ptq"] is not None
+    assert qat["gap_qat_pts"] == pytest.approx(record["accuracy"]["drop_pts"])
+    assert (int8 / rf.QAT_STUDENT).is_file() and (int8 / rf.QAT_ONNX).is_file()
+    assert sha(run / rf.STUDENT) == student  # the parent's student is not the fine-tuned one
+    assert record["scheme"]["weight_bits"] == 4 and max(abs(l["weight"]["int_min"]) for l in record["layers"]) <= 8
