@@ -295,6 +295,8 @@ def _deploy_options(p: argparse.ArgumentParser) -> None:
     add_config_arguments(p, sections=["deploy"], aliases=(
         Alias("--board", "deploy.boards", "list", help="user@host[:port] or an ssh config alias; repeat to deploy "
               "to several boards at once", metavar="BOARD"),
+        Alias("--profile", "deploy.profile", "true", help="time every operator (acl.prof; the sim board: CPU times) "
+              "into board/profile.json"),
         Alias("--delta", "deploy.delta", help="send only what changed in the model, against what the board holds "
               "(docs/delta.md)", metavar="{off,lossless,lossy}", choices=("off", "lossless", "lossy")),
         *SSH_ALIASES,

@@ -121,6 +121,7 @@ class DeployConfig:
     connect_timeout_s: float = 10.0
     retries: int = 4
     memory_mib: int = 8192  # the board's memory: lint refuses a tensor larger than this (an Atlas 200 DK: 8 GB)
+    profile: bool = False  # time every operator on the board (acl.prof; CPU times on the sim board): profile.json
     # model updates that send only what changed (docs/delta.md): off | lossless | lossy
     delta: str = "off"
     delta_tolerance: float = 1e-3  # lossy: each rebuilt weight within this fraction of its tensor's RMS

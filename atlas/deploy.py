@@ -28,6 +28,7 @@ from atlas.sim_om import is_real_om, is_sim_om
 
 # the app's own files (the preflight runs with `python3 -c` and is not shipped)
 APP_FILES = ("infer.py", "acl_session.py", "acl_consts.py", "dvpp_images.py")
+PROFILE_FILES = ("profiling.py",)  # with deploy.profile: infer.py --profile's acl.prof reader
 _SPACE_MARGIN = 1 << 20  # outputs, timing and the app's own temp files
 
 
@@ -82,7 +83,7 @@ def load_bundle(run: rf.Run, cfg: DeployConfig) -> Bundle:
     if cfg.loop < 1:
         raise UserError(f"deploy.loop must be >= 1 (got {cfg.loop})")
     check_delta_options(cfg)
-    app_files = [BOARD_APP_DIR / name for name in APP_FILES]
+    app_files = [BOARD_APP_DIR / name for name in APP_FILES + (PROFILE_FILES if cfg.profile else ())]
     bundle = Bundle(run.path, run.name, model, inputs, app_files, batch, is_sim_om(head))
     bundle.remote_inputs = rf.REMOTE_INPUTS_NPZ if inputs.suffix == ".npz" else rf.REMOTE_INPUTS
     bundle.remote_outputs = rf.REMOTE_OUTPUTS_NPZ if len(export.get("outputs") or [None]) > 1 else rf.REMOTE_OUTPUTS
@@ -193,12 +194,12 @@ def deploy_one(spec: str, bundle: Bundle, full_cfg: Config, local_dir: Path, say
         durations["upload"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        results = (bundle.remote_outputs, rf.REMOTE_TIMING)  # written only by the app: removed before each run
+        results = (bundle.remote_outputs, rf.REMOTE_TIMING) + ((rf.REMOTE_PROFILE,) if cfg.profile else ())
         session.run(["rm", "-f", *(f"{remote}/{name}" for name in (*rf.REMOTE_RESULTS, rf.REMOTE_OUTPUTS_NPZ))])
         argv = with_env_script([cfg.python, f"{remote}/{rf.REMOTE_APP}/infer.py", "--model", f"{remote}/{rf.REMOTE_MODEL}",
                                  "--input", f"{remote}/{bundle.remote_inputs}", "--output", f"{remote}/{bundle.remote_outputs}",
                                  "--timing", f"{remote}/{rf.REMOTE_TIMING}", "--batch", str(bundle.batch),
-                                 "--loop", str(cfg.loop)], cfg.env_script)
+                                 "--loop", str(cfg.loop), *(["--profile"] if cfg.profile else [])], cfg.env_script)
         record["app"] = {"argv": argv}
         lines: list[str] = []
 
@@ -217,12 +218,14 @@ def deploy_one(spec: str, bundle: Bundle, full_cfg: Config, local_dir: Path, say
                             f"{errors[-1].strip()} (log: {local_dir / rf.BOARD_LOG})", exit_code=1)
 
         t = time.perf_counter()
+        (local_dir / rf.BOARD_PROFILE).unlink(missing_ok=True)  # never an earlier deploy's beside these outputs
         for name in results:  # fetched under the same names (rf.BOARD_OUTPUTS[_NPZ], rf.BOARD_TIMING)
             session.get(f"{remote}/{name}", local_dir / name)
         durations["fetch"] = time.perf_counter() - t
     timing = read_json(local_dir / rf.BOARD_TIMING)
     record["timing"] = {k: timing.get(k) for k in ("acl", "run_mode", "model_load_ms", "batch", "loop", "samples",
                                                    "executions", "latency_ms", "throughput_images_per_s")}
+    record["profile"] = timing.get("profile")  # deploy.profile: profile.json's source and operator count
     durations["total"] = time.perf_counter() - t0
     record["status"] = "ok"
     return record

@@ -45,6 +45,7 @@ BOARD_OUTPUTS = "outputs.npy"
 BOARD_OUTPUTS_NPZ = "outputs.npz"  # a model with several outputs: one array per output
 BOARD_TIMING = "timing.json"
 BOARD_LOG = "log.txt"
+BOARD_PROFILE = "profile.json"  # deploy.profile: per-operator times (acl.prof; CPU on the sim board)
 CONFUSION = "confusion.png"  # verify, beside each board's outputs
 REPORT = "report.md"  # verify: one page over every record of the run
 PRUNED = "pruned"  # prune: the derived run
@@ -85,8 +86,9 @@ REMOTE_APP = "app"
 REMOTE_OUTPUTS = "outputs.npy"  # = BOARD_OUTPUTS: fetched under the same names
 REMOTE_OUTPUTS_NPZ = "outputs.npz"
 REMOTE_TIMING = "timing.json"
+REMOTE_PROFILE = "profile.json"  # = BOARD_PROFILE: infer.py --profile writes it beside timing.json
 REMOTE_ATC = "atc"  # om --on-board: ATC's folder
-REMOTE_RESULTS = (REMOTE_OUTPUTS, REMOTE_TIMING)  # written only by the app: removed before each run
+REMOTE_RESULTS = (REMOTE_OUTPUTS, REMOTE_TIMING, REMOTE_PROFILE)  # written only by the app: removed before each run
 REMOTE_SPLIT_HEAD = "head.npz"  # split: the merge head, on A's board
 REMOTE_LINK_DIR = ".link"  # split: a 0700 folder holding the link's key (REMOTE_LINK_KEY), on both boards
 REMOTE_LINK_KEY = "link.key"

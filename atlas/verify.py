@@ -321,6 +321,9 @@ def render_report(run_dir: Path, report: dict) -> str:
                          f"{_pct(m['accuracy_reference'])} | | | | |")
     lines += [""] + [f"![confusion matrix]({r['board_dir']}/{r['confusion_png']})" for r in report["boards"]
                      if r.get("confusion_png")]
+    from atlas import profile_report  # deploy --profile: the slowest operators, labelled by where they were timed
+
+    lines += profile_report.markdown(run_dir, deploy)
     if any(r.get("acl") == "sim" for r in report["boards"]):
         lines += ["", "Board figures from the sim board (pyACL emulator on this machine): the latencies are the "
                       "emulator's, not an Ascend 310's."]

@@ -282,6 +282,11 @@ class ModelSession(object):
             return [self.profiles[-1]] + dims[1:]
         return dims
 
+    @property
+    def model_id(self):
+        """The loaded model's id (after open()): what acl.prof subscribes to (profiling.py)."""
+        return self._model_id
+
     def profile_for(self, rows):
         """The batch an execution of `rows` samples runs at: the model's batch, or the smallest profile >= rows."""
         if not self.profiles:

@@ -1,14 +1,15 @@
 """Run an offline model (.om) on the Atlas board over a .npy of inputs; write outputs.npy and timing.json.
 
     python3 app/infer.py --model model.om --input inputs.npy --output outputs.npy --batch B [--loop K]
-                         [--device 0] [--timing timing.json]
+                         [--device 0] [--timing timing.json] [--profile]
     python3 app/infer.py --model model.om --images DIR ...   (JPEG files, decoded on DVPP: dvpp_images.py)
 
 Runs on the board's Python (3.6 or 3.7.5) with numpy and pyACL (`acl`) only; its helpers are the sibling modules
 acl_consts.py and acl_session.py, and dvpp_images.py for JPEGs. Inputs are float32 NCHW, or uint8 NHWC for a model
 with static AIPP: the per-sample shape and dtype come from the model description, and a .npy that does not match
 is refused. `--images DIR` (or a folder given as `--input`) feeds a YUV420SP_U8 AIPP model (export --dvpp) the JPEGs
-of DIR in name order, decoded and resized on the DVPP as Huawei's samples do.
+of DIR in name order, decoded and resized on the DVPP as Huawei's samples do. `--profile` also times every operator
+through acl.prof (profiling.py, shipped with it) and writes profile.json beside timing.json.
 
 Exit status: 0 done; 1 an ACL call failed (the line names the call and its code); 2 bad arguments, files or model.
 Every ACL resource is released in reverse order, also after a failure.
@@ -36,6 +37,8 @@ NPY_MAGIC = b"\x93NUMPY"
 NPZ_MAGIC = b"PK\x03\x04"  # an .npz is a zip archive of .npy files, one per model input name
 # = REMOTE_TIMING in atlas/run_folder.py (the name deploy fetches), likewise copied
 TIMING_NAME = "timing.json"
+# = REMOTE_PROFILE in atlas/run_folder.py: --profile's per-operator times, beside timing.json
+PROFILE_NAME = "profile.json"
 PROGRESS_EVERY_S = 2.0
 
 
@@ -57,6 +60,8 @@ def parse_args(argv):
     parser.add_argument("--loop", type=int, default=1, help="run the whole input K times for steadier timing")
     parser.add_argument("--device", type=int, default=0, help="device id (the Atlas 200 DK has one: 0)")
     parser.add_argument("--timing", default=None, help="timing JSON to write (default: timing.json beside --output)")
+    parser.add_argument("--profile", action="store_true",
+                        help="time every operator through acl.prof; writes profile.json beside the timing JSON")
     args = parser.parse_args(argv)
     if args.loop < 1:
         parser.error("--loop must be >= 1")
@@ -322,6 +327,38 @@ def decoded_images(acl, session, paths, stack):
     return dvpp.frames(paths)
 
 
+def import_profiling(acl):
+    """profiling.py (deploy ships it with --profile), once this pyACL is known to have model subscription."""
+    try:
+        import profiling
+    except ImportError as e:
+        raise UsageError("--profile needs profiling.py beside infer.py (%s)" % e)
+    reason = profiling.probe(acl)
+    if reason:
+        raise UsageError(reason)
+    return profiling
+
+
+def profile_path(args):
+    return os.path.join(os.path.dirname(os.path.abspath(args.timing)), PROFILE_NAME)
+
+
+def profile_report(profiling, profiler, sim, executions):
+    """Unsubscribe, read every operator record, summarise: labelled by where the times come from."""
+    warnings = profiler.stop()
+    records = profiler.records()
+    if not records:
+        raise AclError("acl.prof", detail="the subscription gave no operator records (%s)"
+                                          % ("; ".join(warnings) or "none were written to the pipe"))
+    source = profiling.SOURCE_CPU if sim else profiling.SOURCE_NPU
+    profile = profiling.summary(records, source, executions)
+    profile["note"] = (("the emulator's CPU times per ONNX node of the sim .om (onnxruntime's profiler, float16 "
+                        "emulation casts left out); they say nothing about an Ascend 310's times") if sim else
+                       "each operator's time on the NPU, from acl.prof model subscription")
+    profile["warnings"] = warnings
+    return profile
+
+
 def run(args):
     head = read_model_head(args.model)
     images = list_images(args.images) if args.images else None
@@ -330,9 +367,11 @@ def run(args):
     sim = is_sim_acl(acl)
     if head[:8] == SIM_OM_MAGIC and not sim:
         raise UsageError("%s: %s" % (args.model, SIM_OM_ON_REAL_BOARD))
+    profiling = import_profiling(acl) if args.profile else None
 
     session = ModelSession(acl, args.model, args.device)
     dvpp = []  # the DVPP channel, when there is one: released before the session
+    profiler, profile = [], None  # the acl.prof subscription, when --profile: ended before the session
     try:
         session.open()
         if images is not None:
@@ -341,9 +380,15 @@ def run(args):
         if len(session.outputs) > 1 and not args.output.endswith(".npz"):
             raise UsageError("the model has %d outputs: pass --output FILE.npz (one array per output)"
                              % len(session.outputs))
+        if profiling is not None:
+            profiler.append(profiling.OpProfiler(acl, session.model_id))
+            profiler[0].start()  # after load, before the first execute
         outputs, timings = run_passes(session, inputs, args.loop, make_progress(sys.stdout), args.batch)
+        if profiler:
+            profile = profile_report(profiling, profiler[0], sim, len(timings["execute"]))
     finally:
-        for warning in [w for d in dvpp for w in d.close()] + session.close():
+        for warning in [w for p in profiler for w in p.stop()] + [w for d in dvpp for w in d.close()] + \
+                session.close():
             sys.stderr.write("%s: warning: release failed: %s\n" % (PROG, warning))
 
     report = timing_report(args, session, inputs, timings, "sim" if sim else "real")
@@ -355,6 +400,9 @@ def run(args):
     if getattr(acl, "__atlas_kd_sim_fault__", None):  # a sim board with an injected fault says so
         report["sim_fault"] = acl.__atlas_kd_sim_fault__
     write_atomically(args.output, lambda f: write_outputs(f, outputs, args.output))
+    if profile is not None:
+        report["profile"] = {"file": PROFILE_NAME, "source": profile["source"], "operators": len(profile["ops"])}
+        write_atomically(profile_path(args), lambda f: f.write((json.dumps(profile, indent=2) + "\n").encode("utf-8")))
     write_atomically(args.timing, lambda f: f.write((json.dumps(report, indent=2) + "\n").encode("utf-8")))
     print("%s: done: %d samples x %d loop, batch %d, %d executions; execute p50 %.3f ms, p99 %.3f ms; "
           "%.1f images/s; load %.1f ms (acl %s, %s); wrote %s and %s"

@@ -5,7 +5,8 @@ names, argument order, return conventions (spec §0) and codes (spec §2) as the
 inference app uses; a misuse returns the code the real call would (chosen from spec §2 where the spec leaves it
 open: see the docstrings of rt.py, mdl.py and the functions below), never a Python exception the real module would
 not raise. Memory is real (see _memory.py), models are sim .om files run with onnxruntime (see _model.py).
-Test hooks: `acl._sim` (counters, reset, failure injection; knobs in _state.py). acl.media (DVPP) is media.py.
+Test hooks: `acl._sim` (counters, reset, failure injection; knobs in _state.py). acl.media (DVPP) is media.py;
+acl.prof (model-subscription profiling, CPU times per ONNX node) is prof.py.
 
 Top-level calls here: init/finalize (spec §1.1), app_log, get_soc_name and the data-buffer calls (spec §1.4). Every
 code and its source is in docs/emulator.md; in short:
@@ -20,17 +21,18 @@ code and its source is in docs/emulator.md; in short:
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 from atlas.board import acl_consts as C
 
-from . import _sim, mdl, media, rt, util
+from . import _sim, mdl, media, prof, rt, util
 from ._errors import Fail
 from ._state import STATE, DataBuffer, api
 
 __atlas_kd_sim__ = True  # the board app refuses a sim .om unless it sees this marker (a real acl has none)
 __all__ = ["init", "finalize", "app_log", "get_soc_name", "create_data_buffer", "destroy_data_buffer", "get_data_buffer_addr",
-           "get_data_buffer_size", "get_data_buffer_size_v2", "update_data_buffer", "rt", "mdl", "media", "util"]
+           "get_data_buffer_size", "get_data_buffer_size_v2", "update_data_buffer", "rt", "mdl", "media", "prof", "util"]
 
 
 @api("acl.init")
@@ -63,6 +65,7 @@ def _leaks() -> dict:
         "datasets": len(STATE.datasets),
         "data_buffers": len(STATE.buffers),
         "threads_running": sum(1 for t in STATE.threads.values() if t.is_alive()),
+        "prof_subscriptions": sorted(STATE.prof_subscriptions),
         **{f"media {kind}s": len(table) for kind, table in STATE.media.items()},
     }
     return {name: value for name, value in leaks.items() if value}
@@ -89,6 +92,8 @@ def finalize():
     STATE.counters["leaks_at_finalize"] = leaks
     if leaks:
         sys.stderr.write(f"acl-sim: acl.finalize: leaked (never released): {_describe(leaks)}\n")
+    for subscription in STATE.prof_subscriptions.values():  # a subscriber's reader must not wait forever
+        os.close(subscription.fd)
     STATE.clear_resources()  # the real finalize tears everything down
     STATE.initialized = False
     STATE.ever_finalized = True

@@ -135,6 +135,11 @@ class State:
         self.threads = {}      # acl.util.start_thread id -> threading.Thread
         self.subscribers = {}  # thread id -> Subscriber (acl.rt.subscribe_report)
         self.media = {}        # acl.media handles: kind ("channel desc", "pic desc", ...) -> {handle: object}
+        self.prof_configs = {}        # acl.prof subscribe config handle -> its values (prof.py)
+        self.prof_subscriptions = {}  # model id -> its subscription (pipe fd, node timer)
+        self.prof_strings = {}        # record opIndex -> [op type, op name], each erased once got (one-shot)
+        self.prof_next_index = 0
+        self.prof_init = False        # acl.prof.init mode, which a subscription refuses to mix with
         self.memory = Memory()
         self.next_model_id = 1
         self.thread = threading.local()

@@ -16,6 +16,7 @@ The bare-value getters (spec §0) give 0 / -1 on failure and log the reason in t
 from __future__ import annotations
 
 import ctypes
+import os
 
 from atlas.atc_rules import DYNAMIC_TENSOR_NAME
 from atlas.board import acl_consts as C
@@ -34,7 +35,8 @@ def _empty_dims(*_args) -> dict:
 
 
 # -- load / unload ----------------------------------------------------------------------------------------------
-def _register(model: LoadedModel) -> int:
+def _register(model: LoadedModel, data: bytes) -> int:
+    model.om_data = data  # acl.prof builds its timing twin of the payload from it (prof.py)
     model_id = STATE.next_model_id
     STATE.next_model_id += 1
     STATE.models[model_id] = model
@@ -57,7 +59,7 @@ def load_from_file(model_path):
     except OSError as e:
         raise Fail(C.ACL_ERROR_GE_EXEC_MODEL_PATH_INVALID, f"cannot read {model_path}: {e.strerror or e}") from None
     context = STATE.require_context()
-    return _register(LoadedModel(data, model_path, context)), C.ACL_SUCCESS
+    return _register(LoadedModel(data, model_path, context), data), C.ACL_SUCCESS
 
 
 @api("acl.mdl.load_from_mem", "pair")
@@ -69,7 +71,7 @@ def load_from_mem(model, model_size):
     context = STATE.require_context()
     STATE.memory.find(model, model_size, "load_from_mem model")
     data = ctypes.string_at(model, model_size)
-    return _register(LoadedModel(data, f"<memory 0x{model:x}>", context)), C.ACL_SUCCESS
+    return _register(LoadedModel(data, f"<memory 0x{model:x}>", context), data), C.ACL_SUCCESS
 
 
 def _loaded(model_id, call: str, code: int = C.ACL_ERROR_GE_EXEC_MODEL_ID_INVALID) -> LoadedModel:
@@ -87,6 +89,8 @@ def _model(model_id, context: int, call: str) -> LoadedModel:
 def unload(model_id):
     context = STATE.require_context()
     _model(model_id, context, "unload")
+    if model_id in STATE.prof_subscriptions:  # an unload ends its subscription [INFER]: the pipe is closed
+        os.close(STATE.prof_subscriptions.pop(model_id).fd)
     del STATE.models[model_id]
     return C.ACL_SUCCESS
 
