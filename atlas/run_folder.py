@@ -98,6 +98,14 @@ REMOTE_STAGING = ".update"  # deploy.delta: an update's files until they are com
 REMOTE_DELTA = "update.delta"  # deploy.delta: the delta, in the staging folder
 
 
+DERIVED_NAMES = (PRUNED, INT8, LOCATE, SPLIT, SPLIT_A, SPLIT_B)  # and locate's bisect-<k>/
+
+
+def is_derived_name(folder: str) -> bool:
+    """Whether a folder of this name is a derived run (inside the run it was derived from)."""
+    return folder in DERIVED_NAMES or folder.startswith("bisect-")
+
+
 class Run:
     """A run folder: where its artifacts are, and its derived runs."""
 
@@ -118,8 +126,14 @@ class Run:
 
     @property
     def name(self) -> str:
-        """The run's name on a board (its folder's name)."""
-        return self.path.resolve().name
+        """The run's name on a board: its folder's name, joined to its parents' for a derived run
+        (runs/mnist/int8 -> mnist-int8), so that two runs' derived runs never share a folder on one board."""
+        path = self.path.resolve()
+        parts = [path.name]
+        while is_derived_name(parts[0]) and path.parent != path:
+            path = path.parent
+            parts.insert(0, path.name)
+        return "-".join(parts)
 
     def derived(self, kind: str) -> Run:
         return Run(self.path / kind)

@@ -13,8 +13,9 @@ from atlas import sim_om
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("atlas", "training", "export")
-STAGE_MODULES = {"training.train", "training.prune_stage", "export.stage", "atlas.om_stage", "atlas.deploy",
-                 "atlas.verify"}
+# atlas.split_deploy is not one of them: it is the deploy stage for a split run, built on deploy's bundle
+STAGE_MODULES = {"training.train", "training.prune_stage", "training.split", "export.stage", "export.quant.stage",
+                 "atlas.om_stage", "atlas.deploy", "atlas.verify", "atlas.split_verify"}
 ARTIFACT_NAMES = {value for name, value in vars(rf).items()
                   if name.isupper() and isinstance(value, str) and "." in value} | {r.FILE for r in rf.RECORDS}
 
