@@ -229,10 +229,15 @@ def summary(record: dict[str, Any], run: str | Path | rf.Run) -> str:
         lines.append(f"  output  {t.get('name')} {t.get('dtype')} {t.get('dims')}")
     aipp = record.get("aipp")
     lines.append(f"  soc {record['soc_version']}  precision {record['precision_mode']}  "
-                 f"AIPP {'on: ' + aipp['input_format'] + ', the board feeds uint8 NHWC' if aipp else 'off'}")
+                 f"AIPP {'on: ' + aipp['input_format'] + ', the board feeds ' + _fed(aipp) if aipp else 'off'}")
     lines.append(f"  record {rf.AtcRecord.path(run)}  log {run / rf.ATC_LOG}")
     if record["warnings"]:
         lines.append(f"  {len(record['warnings'])} ATC warning(s), e.g. {record['warnings'][0]['code']}: "
                      f"{record['warnings'][0]['message']}")
     lines.append(f"next: atlas-kd deploy --run {run}" + (" (sim board)" if record["sim"] else ""))
     return "\n".join(lines)
+
+
+def _fed(aipp: dict) -> str:
+    """What the board's app feeds an AIPP model: YUV420SP frames (from DVPP) or uint8 NHWC pixels."""
+    return "YUV420SP frames (DVPP)" if aipp.get("input_format") == "YUV420SP_U8" else "uint8 NHWC"
