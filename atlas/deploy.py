@@ -24,7 +24,7 @@ from atlas.delta import MODES
 from atlas.errors import UserError
 from atlas.fileio import read_json, require_writable, sha256_file, write_text
 from atlas.model_update import ROUTES, TOOL, TOOL_PATH, ModelUpdate, NewModel, describe
-from atlas.sim_om import is_real_om, is_sim_om
+from atlas.om_container import is_real_om, is_sim_om
 
 # the app's own files (the preflight runs with `python3 -c` and is not shipped)
 APP_FILES = ("infer.py", "acl_session.py", "acl_consts.py", "dvpp_images.py")

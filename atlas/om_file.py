@@ -18,7 +18,7 @@ from typing import Any, Iterator
 from atlas.errors import UserError
 from atlas.run_folder import MODEL_OM
 from atlas.protowire import WireError, fields, packed_ints
-from atlas import sim_om
+from atlas import om_container as sim_om
 
 HEADER_SIZE = 256
 MIN_SIZE = 260  # the 5.x loader's minimum (§8)

@@ -23,7 +23,7 @@ from atlas.aipp import aipp_from_normalization, write_insert_op_cfg
 from atlas.config import Config, OmConfig
 from atlas.errors import UserError
 from atlas.fileio import sha256_file
-from atlas.sim_om import SIM_MESSAGE, is_sim_om
+from atlas.om_container import SIM_MESSAGE, is_sim_om
 
 
 def build_om(cfg: Config, run: str | Path | rf.Run, *, echo: TextIO | None = None,

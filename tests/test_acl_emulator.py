@@ -16,7 +16,7 @@ import pytest
 
 import atlas.sim.acl as acl
 from atlas.board import acl_consts as C
-from atlas import sim_om
+from atlas import om_container as sim_om
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_OM = REPO.parent / "shared" / "fixtures" / "om" / "a3c_pong_model.om"

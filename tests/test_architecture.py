@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from atlas import run_folder as rf
-from atlas import sim_om
+from atlas import om_container as sim_om
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("atlas", "training", "export")

@@ -18,7 +18,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from atlas.aipp import aipp_from_normalization, write_insert_op_cfg
 from atlas.atc import FAILURE_LINE, OPSET_RE, START_LINE, SUCCESS_LINE, parse_atc_output
-from atlas import sim_om
+from atlas import om_container as sim_om
 from atlas.sim import atc_sim
 
 

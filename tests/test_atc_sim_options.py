@@ -9,7 +9,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from atlas import sim_om
+from atlas import om_container as sim_om
 from atlas.aipp import aipp_from_normalization, write_insert_op_cfg
 from test_atc_sim import codes, run_sim, sim_args, tiny_cnn
 

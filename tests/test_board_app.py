@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from atlas import sim_om
+from atlas import om_container as sim_om
 from test_acl_emulator import (AIPP_MNIST, REAL_OM, build_tiny_cnn_onnx, build_with_atc_sim, mnist_like_images,
                                normalise, onnx_reference, write_sim_om)
 

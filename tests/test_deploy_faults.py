@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from atlas.cli import main
-from atlas import sim_om
+from atlas import om_container as sim_om
 from sshd_util import write_known_hosts
 from tcp_proxy import TcpProxy
 

@@ -14,7 +14,7 @@ from onnx import helper, numpy_helper
 from atlas import quant_ops
 from atlas import run_folder as rf
 from atlas.cli import main
-from atlas import sim_om
+from atlas import om_container as sim_om
 from atlas.sim import int8
 from export.quant import amct
 

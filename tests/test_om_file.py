@@ -8,7 +8,7 @@ import pytest
 
 from atlas.errors import UserError
 from atlas.om_file import OmDamaged, describe, inspect_bytes, inspect_om, require_real_om
-from atlas import sim_om
+from atlas import om_container as sim_om
 from test_atc import fake_real_om
 
 FIXTURE = Path("/work/shared/fixtures/om/a3c_pong_model.om")

@@ -8,7 +8,7 @@ import stat
 import pytest
 
 from atlas.cli import main
-from atlas import sim_om
+from atlas import om_container as sim_om
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from atlas.cli import main
 from atlas.config import Config, OmConfig
 from atlas.errors import UserError
 from atlas.om_stage import build_om
-from atlas import sim_om
+from atlas import om_container as sim_om
 from test_atc import failing_atc, fake_atc, succeeding_atc
 from test_atc_sim import make_run
 

@@ -16,7 +16,7 @@ import pytest
 
 import atlas.sim.acl as acl
 from atlas import run_folder as rf
-from atlas import sim_om
+from atlas import om_container as sim_om
 from atlas.board import acl_consts as C
 from atlas.cli import main
 from test_acl_emulator import Opened, write_sim_om

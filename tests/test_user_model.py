@@ -16,7 +16,7 @@ from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 from torch import nn
 
-from atlas import sim_om
+from atlas import om_container as sim_om
 from atlas.cli import main
 from training.models import BasicBlock
 

@@ -29,7 +29,7 @@ import acl_consts as C
 import dvpp_images
 
 PROG = "infer.py"
-# = SIM_MAGIC in atlas/sim_om.py, copied because nothing of the project but this folder reaches the board
+# = SIM_MAGIC in atlas/om_container.py, copied because nothing of the project but this folder reaches the board
 SIM_OM_MAGIC = b"AKDSIMOM"
 SIM_OM_ON_REAL_BOARD = ("this is a simulated .om, built by atc-sim: a real Ascend board cannot run it; "
                         "build a real one with `make om` (ATC)")

@@ -3,7 +3,7 @@
 Same command line as the real ATC for what atlas-kd uses, parsed gflags-style (spec/atc.md §2.1), checked the
 way the spec says ATC checks it, with the same output lines, error blocks, codes and exit status (§3, §4).
 It runs atlas-kd's lint and fails on lint errors the way ATC would. On success it writes `<--output>.om`: a
-simulated .om (atlas/sim/sim_om.py, its own magic, never `IMOD`) holding the model prepared for float16
+simulated .om (atlas/om_container.py, its own magic, never `IMOD`) holding the model prepared for float16
 execution (atlas/fp16.py; a quantised deploy model as it is, marked int8), the AIPP settings and metadata. Options it does not emulate are refused, not
 ignored. Exit 0 on success, 255 on failure, 1 for command-line (gflags) errors.
 """
@@ -446,7 +446,7 @@ def build(flags: dict[str, str]) -> tuple[Path, dict[str, Any]]:
     The .om depends only on the ONNX and the options: no path, time or random id goes inside (issue 15 item 8).
     """
     from atlas.fileio import write_bytes
-    from atlas import sim_om
+    from atlas import om_container as sim_om
     from atlas.fp16 import PRECISION_NUMERICS, prepare_for_fp16
 
     model_path = flags["model"]

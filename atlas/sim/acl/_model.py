@@ -15,7 +15,7 @@ import sys
 import numpy as np
 
 from atlas.board import acl_consts as C
-from atlas import sim_om
+from atlas import om_container as sim_om
 from atlas.sim import aipp_math, faults
 
 from ._errors import Fail

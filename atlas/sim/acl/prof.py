@@ -35,7 +35,7 @@ import threading
 import time
 import zlib
 
-from atlas import sim_om
+from atlas import om_container as sim_om
 from atlas.board import acl_consts as C
 
 from . import _model
