@@ -299,6 +299,13 @@ def _deploy_options(p: argparse.ArgumentParser) -> None:
               "into board/profile.json"),
         Alias("--delta", "deploy.delta", help="send only what changed in the model, against what the board holds "
               "(docs/delta.md)", metavar="{off,lossless,lossy}", choices=("off", "lossless", "lossy")),
+        # a split run's link between its two boards (docs/split.md); ignored by a plain deploy
+        Alias("--deadline-ms", "split.deadline_ms", help="split run: A's board waits this long for B's answer, "
+              "else answers alone", metavar="MS"),
+        Alias("--link-host", "split.link_host", help="split run: B's address as A's board reaches it (default: the "
+              "host of the SSH login to B)", metavar="HOST"),
+        Alias("--link-port", "split.link_port", help="split run: the TCP port B's board listens on (0: a free one)",
+              metavar="PORT"),
         *SSH_ALIASES,
     ))
 

@@ -1,6 +1,6 @@
 """Issue 23, acceptance 1: the split recipe on CIFAR-10 (JPEG copy) with the CIFAR-10 recipe's teacher.
 
-    .venv/bin/python scripts/split_cifar.py [--run runs/cifar10-jpeg] [--resume] [--seeds 2]
+    .venv/bin/python scripts/split_cifar.py [--run runs/cifar10-jpeg] [--resume] [--seeds 2] [split options]
 
 Needs the teacher of `atlas-kd train --config configs/cifar10-jpeg.toml --run runs/cifar10-jpeg` (resnet20; this
 script never trains one). Runs `atlas-kd split` on that run with the config's data, augmentation views and
@@ -8,6 +8,7 @@ LeNet-5 student settings ([split] defaults: 95 % / 85 %, 25 and 50 nodes), each 
 the seeds R/split-state/ holds), then prints the figures the issue asks for: A alone and A+B against A's KD
 baseline, per seed, and whether the published trend holds (A+B at least 3 points above the KD baseline, A alone
 below it). Its last line is one JSON object with those figures; paste them, dated, into docs/results.md.
+Other options go to `atlas-kd split` as they are (e.g. `--student-epochs 40`; the same ones again with --resume).
 """
 from __future__ import annotations
 
@@ -24,19 +25,19 @@ from atlas.cli import main as cli  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     p.add_argument("--run", default=str(REPO / "runs" / "cifar10-jpeg"))
     p.add_argument("--config", default=str(REPO / "configs" / "cifar10-jpeg.toml"))
     p.add_argument("--seeds", type=int, default=2)
     p.add_argument("--resume", action="store_true")
     p.add_argument("--no-progress", action="store_true")
-    args = p.parse_args(argv)
+    args, extra = p.parse_known_args(argv)
     run = Path(args.run)
     if not (run / rf.TEACHER).is_file():
         print(f"split_cifar: {run / rf.TEACHER} not found: train the CIFAR-10 teacher first (atlas-kd train --config "
               f"{args.config} --run {run}; --resume continues it)", file=sys.stderr)
         return 2
-    argv = ["split", "--run", str(run), "--config", args.config, "--split-seeds", str(args.seeds)]
+    argv = ["split", "--run", str(run), "--config", args.config, "--split-seeds", str(args.seeds), *extra]
     status = cli(argv + (["--resume"] if args.resume else []) + (["--no-progress"] if args.no_progress else []))
     if status:
         return status

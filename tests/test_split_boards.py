@@ -77,10 +77,12 @@ def test_with_both_boards_up_every_sample_is_combined_and_verifies(split_run, tw
     a, b, known_hosts = two_boards
     run = shutil.copytree(split_run, tmp_path / "both" / "split")
     assert main(["deploy", "--run", str(run), "--board", f"A={a.board}", "--board", f"B={b.board}",
-                 "--identity", str(a.identity), "--identity", str(b.identity), "--known-hosts", str(known_hosts)]) == 0
+                 "--identity", str(a.identity), "--identity", str(b.identity), "--known-hosts", str(known_hosts),
+                 "--deadline-ms", "5000"]) == 0
     out = np.load(run / "board" / "A" / "outputs.npz")
     assert out["mode"].all() and len(out["mode"]) == 400
     deployed = json.loads((run / "deploy.json").read_text())
+    assert deployed["split_modes"]["deadline_ms"] == 5000  # deploy's flag reached A's board (default 100)
     assert deployed["split_modes"]["ranges"] == [[0, 399, "combined"]]
     assert [e["status"] for e in deployed["boards"]] == ["ok", "ok"]
     assert main(["verify", "--run", str(run)]) == 0
