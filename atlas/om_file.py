@@ -18,7 +18,7 @@ from typing import Any, Iterator
 from atlas.errors import UserError
 from atlas.run_folder import MODEL_OM
 from atlas.protowire import WireError, fields, packed_ints
-from atlas import om_container as sim_om
+from atlas import om_container
 
 HEADER_SIZE = 256
 MIN_SIZE = 260  # the 5.x loader's minimum (§8)
@@ -186,17 +186,17 @@ class Inspection:
 def inspect_bytes(data: bytes, name: str = MODEL_OM) -> Inspection:
     """What the bytes are and what can be read from them; never raises on bad bytes."""
     report: dict[str, Any] = {"path": name, "bytes": len(data)}
-    if sim_om.is_sim_om(data):
+    if om_container.is_sim_om(data):
         report["kind"] = "sim"
         try:
-            sim = sim_om.unpack(data, name=name)
-        except sim_om.SimOmError as e:
+            sim = om_container.unpack(data, name=name)
+        except om_container.SimOmError as e:
             return Inspection(report, str(e))
-        report["note"] = sim_om.SIM_MESSAGE
+        report["note"] = om_container.SIM_MESSAGE
         report["metadata"] = sim.meta
         report["payload_bytes"] = len(sim.onnx_bytes)
         return Inspection(report, None)
-    report["kind"] = "real" if sim_om.is_real_om(data) else "unknown"
+    report["kind"] = "real" if om_container.is_real_om(data) else "unknown"
     if len(data) < MIN_SIZE:
         return Inspection(report, f"{name}: damaged or not an .om: {len(data)} bytes, shorter than the "
                                   f"{MIN_SIZE}-byte minimum of a real .om")
@@ -246,11 +246,11 @@ def inspect_om(path: str | Path) -> Inspection:
 def require_real_om(path: str | Path) -> dict[str, Any]:
     """For paths that need a real ATC .om (a real board): the inspection report, or a one-line UserError.
 
-    A sim .om is refused with sim_om.SIM_MESSAGE.
+    A sim .om is refused with om_container.SIM_MESSAGE.
     """
     inspection = inspect_om(path)
     if inspection.report.get("kind") == "sim":
-        raise UserError(f"{path}: {sim_om.SIM_MESSAGE}; a real board cannot load it (rebuild with the real ATC: "
+        raise UserError(f"{path}: {om_container.SIM_MESSAGE}; a real board cannot load it (rebuild with the real ATC: "
                         f"`atlas-kd om` without --sim)", exit_code=1)
     if inspection.damaged:
         raise OmDamaged(inspection.damaged, inspection.report)
@@ -269,7 +269,7 @@ def describe(inspection: Inspection) -> str:
     r = inspection.report
     lines = [f"{r['path']}: {r['bytes']:,} bytes"]
     if r.get("kind") == "sim":
-        lines[0] += f", simulated .om built by atc-sim ({sim_om.SIM_MESSAGE}; real tools and boards refuse it)"
+        lines[0] += f", simulated .om built by atc-sim ({om_container.SIM_MESSAGE}; real tools and boards refuse it)"
         meta = r.get("metadata", {})
         if meta:
             lines.append(f"  model {meta.get('model_name')}  soc {meta.get('soc_version')}  precision "

@@ -16,7 +16,7 @@ import pytest
 
 import atlas.sim.acl as acl
 from atlas.board import acl_consts as C
-from atlas import om_container as sim_om
+from atlas import om_container
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_OM = REPO.parent / "shared" / "fixtures" / "om" / "a3c_pong_model.om"
@@ -77,7 +77,7 @@ def write_sim_om(path: Path, batch: int, aipp: bool = False, output_dtype: str =
 
         payload = prepare_for_fp16(onnx.load_from_string(payload),
                                    output_fp16=output_dtype == "float16").SerializeToString()
-    path.write_bytes(sim_om.pack(sim_meta(batch, aipp, output_dtype, fp16), payload))
+    path.write_bytes(om_container.pack(sim_meta(batch, aipp, output_dtype, fp16), payload))
     return path
 
 
@@ -458,7 +458,7 @@ def test_real_om_is_refused_with_the_clear_message(ready, capsys):
     if not REAL_OM.exists():
         pytest.skip(f"real .om fixture absent: {REAL_OM}")
     assert acl.mdl.load_from_file(str(REAL_OM)) == (0, C.ACL_ERROR_PARSE_MODEL)
-    assert sim_om.NOT_SIM_MESSAGE in capsys.readouterr().err
+    assert om_container.NOT_SIM_MESSAGE in capsys.readouterr().err
 
 
 # -- leaks, counters, knobs ------------------------------------------------------------------------------------------

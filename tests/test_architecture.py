@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from atlas import run_folder as rf
-from atlas import om_container as sim_om
+from atlas import om_container
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("atlas", "training", "export")
@@ -142,7 +142,7 @@ def test_the_board_apps_copies_equal_the_contract():
     for node in ast.parse((board / "infer.py").read_text()).body:
         if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant):
             constants[node.targets[0].id] = node.value.value
-    assert constants["SIM_OM_MAGIC"] == sim_om.SIM_MAGIC
+    assert constants["SIM_OM_MAGIC"] == om_container.SIM_MAGIC
     assert constants["TIMING_NAME"] == rf.REMOTE_TIMING == rf.BOARD_TIMING
     assert rf.REMOTE_OUTPUTS == rf.BOARD_OUTPUTS
 

@@ -18,7 +18,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from atlas.aipp import aipp_from_normalization, write_insert_op_cfg
 from atlas.atc import FAILURE_LINE, OPSET_RE, START_LINE, SUCCESS_LINE, parse_atc_output
-from atlas import om_container as sim_om
+from atlas import om_container
 from atlas.sim import atc_sim
 
 
@@ -105,8 +105,8 @@ def test_builds_a_sim_om_with_the_metadata_contract(tmp_path, model, capsys):
     assert code == 0
     assert out[0] == START_LINE and SUCCESS_LINE in out
     data = (tmp_path / "out" / "mnist.om").read_bytes()
-    assert data[:8] == sim_om.SIM_MAGIC and data[:4] != b"IMOD"
-    meta = sim_om.unpack(data).meta
+    assert data[:8] == om_container.SIM_MAGIC and data[:4] != b"IMOD"
+    meta = om_container.unpack(data).meta
     assert meta["format"] == "atlas-kd-sim-om" and meta["built_by"] == "atc-sim" and meta["model_name"] == "mnist"
     assert meta["soc_version"] == "Ascend310" and meta["precision_mode"] == "force_fp16" and meta["framework"] == 5
     assert meta["inputs"] == [{"name": "input", "dims": [1, 1, 28, 28], "dtype": "float32", "format": "NCHW"}]
@@ -123,7 +123,7 @@ def test_builds_a_sim_om_with_the_metadata_contract(tmp_path, model, capsys):
 
 def test_payload_runs_with_fp16_numerics(tmp_path, model, capsys):
     assert run_sim(capsys, sim_args(model, tmp_path / "m"))[0] == 0
-    payload = sim_om.read(tmp_path / "m.om").onnx_bytes
+    payload = om_container.read(tmp_path / "m.om").onnx_bytes
     x = np.random.default_rng(1).standard_normal((1, 1, 28, 28)).astype(np.float32)
     fp32 = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
     fp16 = ort.InferenceSession(payload, providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
@@ -144,7 +144,7 @@ def test_aipp_makes_the_board_input_uint8_nhwc(tmp_path, model, capsys):
     cfg = write_insert_op_cfg(tmp_path / "insert_op.cfg", aipp_from_normalization([0.1307], [0.3081], (1, 28, 28)))
     code, out, _ = run_sim(capsys, sim_args(model, tmp_path / "m", f"--insert_op_conf={cfg}", "--input_format=NCHW"))
     assert code == 0, out
-    meta = sim_om.read(tmp_path / "m.om").meta
+    meta = om_container.read(tmp_path / "m.om").meta
     assert meta["inputs"] == [{"name": "input", "dims": [1, 28, 28, 1], "dtype": "uint8", "format": "NHWC"}]
     assert meta["onnx_inputs"][0]["dims"] == [1, 1, 28, 28]
     assert meta["aipp"]["input_format"] == "YUV400_U8" and meta["aipp"]["min_chn_0"] == pytest.approx(33.3285)
@@ -152,7 +152,7 @@ def test_aipp_makes_the_board_input_uint8_nhwc(tmp_path, model, capsys):
 
 def test_output_type_fp16_makes_outputs_float16(tmp_path, model, capsys):
     assert run_sim(capsys, sim_args(model, tmp_path / "m", "--output_type=FP16"))[0] == 0
-    sim = sim_om.read(tmp_path / "m.om")
+    sim = om_container.read(tmp_path / "m.om")
     assert sim.meta["outputs"][0]["dtype"] == "float16"
     x = np.zeros((1, 1, 28, 28), np.float32)
     y = ort.InferenceSession(sim.onnx_bytes, providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
@@ -162,7 +162,7 @@ def test_output_type_fp16_makes_outputs_float16(tmp_path, model, capsys):
 @pytest.mark.parametrize("mode", ["force_fp32", "must_keep_origin_dtype"])
 def test_fp32_precision_modes_do_not_round(tmp_path, model, capsys, mode):
     assert run_sim(capsys, sim_args(model, tmp_path / "m", f"--precision_mode={mode}"))[0] == 0
-    sim = sim_om.read(tmp_path / "m.om")
+    sim = om_container.read(tmp_path / "m.om")
     assert sim.meta["fp16"] == {"weights": False, "activations": False}
     x = np.random.default_rng(2).standard_normal((1, 1, 28, 28)).astype(np.float32)
     fp32 = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
@@ -173,7 +173,7 @@ def test_fp32_precision_modes_do_not_round(tmp_path, model, capsys, mode):
 def test_performance_only_options_are_accepted_and_recorded(tmp_path, model, capsys):
     code, _, _ = run_sim(capsys, sim_args(model, tmp_path / "m", "--enable_small_channel=1"))
     assert code == 0
-    assert sim_om.read(tmp_path / "m.om").meta["no_effect_options"] == ["enable_small_channel"]
+    assert om_container.read(tmp_path / "m.om").meta["no_effect_options"] == ["enable_small_channel"]
 
 
 # --- command-line errors (gflags, exit 1) -----------------------------------------------------------------
@@ -371,7 +371,7 @@ def test_dynamic_batch_is_fine_when_input_shape_fixes_it(tmp_path, capsys):
     assert rc == 255 and codes(out) == ["E10011"]
     rc, out, _ = run_sim(capsys, sim_args(model, tmp_path / "m", "--input_shape=input:2,1,28,28"))
     assert rc == 0, out
-    assert sim_om.read(tmp_path / "m.om").meta["onnx_inputs"][0]["dims"] == [2, 1, 28, 28]
+    assert om_container.read(tmp_path / "m.om").meta["onnx_inputs"][0]["dims"] == [2, 1, 28, 28]
 
 
 # --- the console script -------------------------------------------------------------------------------------
@@ -395,7 +395,7 @@ def test_yuv420sp_aipp_feeds_nv12_frames_of_the_vpc_stride(tmp_path, capsys):
                                                                            input_format="YUV420SP_U8"))
     code, out, _ = run_sim(capsys, sim_args(model, tmp_path / "m", f"--insert_op_conf={cfg}"))
     assert code == 0, out
-    meta = sim_om.read(tmp_path / "m.om").meta
+    meta = om_container.read(tmp_path / "m.om").meta
     # NHWC dims of the source (32 = align16(28), cropped back to 28 by AIPP), 28*32*3/2 bytes a picture
     assert meta["inputs"] == [{"name": "input", "dims": [1, 28, 32, 3], "dtype": "uint8", "format": "NHWC",
                                "aipp_format": "YUV420SP_U8"}]
@@ -433,7 +433,7 @@ def test_aipp_feeds_the_input_its_related_input_rank_names(tmp_path, capsys):
     code, out, _ = run_sim(capsys, sim_args(model, tmp_path / "m", f"--insert_op_conf={cfg}",
                                             "--input_fp16_nodes=info"))
     assert code == 0, out
-    inputs = sim_om.read(tmp_path / "m.om").meta["inputs"]
+    inputs = om_container.read(tmp_path / "m.om").meta["inputs"]
     assert [(i["name"], i["dtype"], i["dims"]) for i in inputs] == [("info", "float16", [1, 4]),
                                                                     ("image", "uint8", [1, 16, 16, 3])]
     # negative control: the input AIPP feeds cannot be float16 (E10034)

@@ -9,7 +9,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from atlas import om_container as sim_om
+from atlas import om_container
 from atlas.aipp import aipp_from_normalization, write_insert_op_cfg
 from test_atc_sim import codes, run_sim, sim_args, tiny_cnn
 
@@ -39,7 +39,7 @@ def pooled_cnn(path: Path, channels: int = 3) -> Path:
 
 def build(capsys, model: Path, out: Path, *extra: str):
     code, lines, _ = run_sim(capsys, sim_args(model, out, *extra))
-    meta = sim_om.read(f"{out}.om").meta if code == 0 else None
+    meta = om_container.read(f"{out}.om").meta if code == 0 else None
     return code, codes(lines), meta
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from atlas import om_container as sim_om
+from atlas import om_container
 from test_acl_emulator import (AIPP_MNIST, REAL_OM, build_tiny_cnn_onnx, build_with_atc_sim, mnist_like_images,
                                normalise, onnx_reference, write_sim_om)
 
@@ -312,7 +312,7 @@ def test_real_om_is_refused_by_the_emulator_with_the_clear_message(tmp_path, sma
         pytest.skip(f"real .om fixture absent: {REAL_OM}")
     run = run_infer(tmp_path, REAL_OM, small_inputs)
     assert run.returncode == 1
-    assert sim_om.NOT_SIM_MESSAGE in run.stderr
+    assert om_container.NOT_SIM_MESSAGE in run.stderr
     assert run.error_lines == ["infer.py: error: acl.mdl.load_from_file failed: 100013 ACL_ERROR_PARSE_MODEL"]
     assert_released_everything(run)
 
@@ -331,7 +331,7 @@ def test_sim_om_on_a_real_acl_is_refused_before_init(tmp_path, golden_case, smal
                     env={"FAKE_ACL_CALLED": str(called)})
     assert run.returncode == 2
     assert run.stderr.splitlines() == [
-        f"infer.py: error: {golden_case.om(7)}: {sim_om.SIM_MESSAGE}: a real Ascend board cannot run it; "
+        f"infer.py: error: {golden_case.om(7)}: {om_container.SIM_MESSAGE}: a real Ascend board cannot run it; "
         "build a real one with `make om` (ATC)"]
     assert not called.exists()
 
@@ -341,8 +341,8 @@ def test_app_copy_of_the_sim_magic_matches_the_container(monkeypatch):
     spec = importlib.util.spec_from_file_location("board_infer", INFER)
     infer = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(infer)
-    assert infer.SIM_OM_MAGIC == sim_om.SIM_MAGIC
-    assert infer.SIM_OM_ON_REAL_BOARD.startswith(sim_om.SIM_MESSAGE)
+    assert infer.SIM_OM_MAGIC == om_container.SIM_MAGIC
+    assert infer.SIM_OM_ON_REAL_BOARD.startswith(om_container.SIM_MESSAGE)
 
 
 # -- a dynamic-batch .om (profiles 1,2,4,8) ----------------------------------------------------------------------

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from atlas.cli import main
-from atlas import om_container as sim_om
+from atlas import om_container
 from sshd_util import write_known_hosts
 from tcp_proxy import TcpProxy
 
@@ -172,7 +172,7 @@ def test_sim_om_to_a_board_whose_acl_is_real_is_refused(board, run, tmp_path, ca
     (stub / "acl").mkdir(parents=True, exist_ok=True)
     (stub / "acl" / "__init__.py").write_text('"""stands in for the real pyACL: no emulator marker"""\n')
     script = _env_script(board, "real-acl.sh", f"export PYTHONPATH={stub}\n")
-    assert sim_om.is_sim_om((run / "model.om").read_bytes())
+    assert om_container.is_sim_om((run / "model.om").read_bytes())
     assert main(["deploy", "--run", str(run), *direct(board), "--deploy-env-script", script]) == 2
     err = last_error(capsys)
     assert "simulated .om, built by atc-sim" in err and "make om" in err

@@ -14,7 +14,7 @@ from onnx import helper, numpy_helper
 from atlas import quant_ops
 from atlas import run_folder as rf
 from atlas.cli import main
-from atlas import om_container as sim_om
+from atlas import om_container
 from atlas.sim import int8
 from export.quant import amct
 
@@ -97,7 +97,7 @@ def test_the_sim_road_with_quant_passes_against_the_int8_reference(demo_run, sim
     int8_run = run / rf.INT8
     assert main(["quantize", "--run", str(run)]) == 0
     assert main(["om", "--run", str(int8_run), "--sim"]) == 0
-    meta = sim_om.read(int8_run / rf.MODEL_OM).meta
+    meta = om_container.read(int8_run / rf.MODEL_OM).meta
     assert meta["int8"]["layers"] and meta["fp16"] == {"weights": False, "activations": False}
     assert main(["deploy", "--run", str(int8_run), "--board", sim_board.alias, "--ssh-config",
                  str(sim_board.ssh_config)]) == 0

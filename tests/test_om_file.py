@@ -8,7 +8,7 @@ import pytest
 
 from atlas.errors import UserError
 from atlas.om_file import OmDamaged, describe, inspect_bytes, inspect_om, require_real_om
-from atlas import om_container as sim_om
+from atlas import om_container
 from test_atc import fake_real_om
 
 FIXTURE = Path("/work/shared/fixtures/om/a3c_pong_model.om")
@@ -24,7 +24,7 @@ def real_bytes() -> bytes:
 
 
 def _sim_bytes() -> bytes:
-    return sim_om.pack({"format": "atlas-kd-sim-om", "model_name": "mnist", "soc_version": "Ascend310",
+    return om_container.pack({"format": "atlas-kd-sim-om", "model_name": "mnist", "soc_version": "Ascend310",
                         "inputs": [{"name": "input", "dims": [1, 1, 28, 28], "dtype": "float32", "format": "NCHW"}],
                         "outputs": [{"name": "logits", "dims": [1, 10], "dtype": "float32"}], "aipp": None},
                        b"onnx payload")
@@ -87,8 +87,8 @@ def test_partition_past_the_end_is_damaged(real_bytes):
 
 @needs_fixture
 def test_sim_loader_refuses_the_real_file_clearly(real_bytes):
-    with pytest.raises(sim_om.SimOmError, match="real Ascend .om"):
-        sim_om.unpack(real_bytes, "a3c_pong_model.om")
+    with pytest.raises(om_container.SimOmError, match="real Ascend .om"):
+        om_container.unpack(real_bytes, "a3c_pong_model.om")
 
 
 @needs_fixture
@@ -119,7 +119,7 @@ def test_sim_file_is_read_with_its_metadata():
     inspection = inspect_bytes(_sim_bytes(), "sim.om")
     assert inspection.damaged is None and inspection.report["kind"] == "sim"
     assert inspection.report["metadata"]["model_name"] == "mnist"
-    assert sim_om.SIM_MESSAGE in describe(inspection)
+    assert om_container.SIM_MESSAGE in describe(inspection)
 
 
 def test_damaged_sim_file_is_reported():
@@ -132,7 +132,7 @@ def test_real_expecting_paths_refuse_a_sim_file_with_the_sim_message(tmp_path):
     path.write_bytes(_sim_bytes())
     with pytest.raises(UserError) as info:
         require_real_om(path)
-    assert sim_om.SIM_MESSAGE in info.value.message and info.value.exit_code != 0
+    assert om_container.SIM_MESSAGE in info.value.message and info.value.exit_code != 0
 
 
 def test_require_real_om_refuses_a_damaged_file_with_one_line(tmp_path):

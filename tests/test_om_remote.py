@@ -8,7 +8,7 @@ import stat
 import pytest
 
 from atlas.cli import main
-from atlas import om_container as sim_om
+from atlas import om_container
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +36,7 @@ def _script(board, name, text):
 
 def test_sim_rehearsal_of_the_on_board_route_fetches_a_sim_om(run, board, capsys):
     assert om_on_board(run, board, "--sim") == 0, capsys.readouterr().err
-    assert sim_om.is_sim_om((run / "model.om").read_bytes())
+    assert om_container.is_sim_om((run / "model.om").read_bytes())
     record = json.loads((run / "atc.json").read_text())
     assert record["where"].startswith("board:") and record["tool"] == "atc-sim" and record["success"]
     assert record["remote_dir"].startswith(str(board.root))
@@ -80,4 +80,4 @@ def test_real_atc_on_a_real_board(run, capsys):
                     "ATLAS_KD_REAL_BOARD_ENV) to run ATC on it")
     extra = ["--deploy-env-script", os.environ["ATLAS_KD_REAL_BOARD_ENV"]] if os.environ.get("ATLAS_KD_REAL_BOARD_ENV") else []
     assert main(["om", "--run", str(run), "--on-board", board, *extra]) == 0
-    assert sim_om.is_real_om((run / "model.om").read_bytes())
+    assert om_container.is_real_om((run / "model.om").read_bytes())

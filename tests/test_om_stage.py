@@ -17,7 +17,7 @@ from atlas.cli import main
 from atlas.config import Config, OmConfig
 from atlas.errors import UserError
 from atlas.om_stage import build_om
-from atlas import om_container as sim_om
+from atlas import om_container
 from test_atc import failing_atc, fake_atc, succeeding_atc
 from test_atc_sim import make_run
 
@@ -47,7 +47,7 @@ def test_sim_route_builds_model_om_and_atc_json(tmp_path, capsys):
     assert om("--run", run, "--sim") == 0
     elapsed = time.monotonic() - start
     out = capsys.readouterr().out
-    assert sim_om.is_sim_om((run / "model.om").read_bytes())
+    assert om_container.is_sim_om((run / "model.om").read_bytes())
     record = json.loads((run / "atc.json").read_text())
     assert record["tool"] == "atc-sim" and record["sim"] is True and record["success"] is True
     assert record["exit_code"] == 0 and record["errors"] == [] and record["timed_out"] is False
@@ -58,7 +58,7 @@ def test_sim_route_builds_model_om_and_atc_json(tmp_path, capsys):
     assert record["soc_version"] == "Ascend310" and record["precision_mode"] == "force_fp16" and record["aipp"] is None
     assert atc.START_LINE in (run / "atc.log").read_text()
     assert "built by atc-sim" in out and "next: atlas-kd deploy" in out
-    assert sim_om.read(run / "model.om").meta["model_name"] == "model"
+    assert om_container.read(run / "model.om").meta["model_name"] == "model"
     assert leftovers(run) == []
     assert elapsed < 5.0
 
@@ -67,7 +67,7 @@ def test_relative_run_folder_works_as_make_passes_it(tmp_path, monkeypatch):
     make_run(tmp_path / "runs" / "demo")
     monkeypatch.chdir(tmp_path)
     assert om("--run", "runs/demo", "--sim") == 0
-    assert sim_om.is_sim_om((tmp_path / "runs" / "demo" / "model.om").read_bytes())
+    assert om_container.is_sim_om((tmp_path / "runs" / "demo" / "model.om").read_bytes())
     assert leftovers(tmp_path / "runs" / "demo") == []
 
 
@@ -88,7 +88,7 @@ def test_inspect_reads_the_sim_om_back(tmp_path, capsys):
     assert om("--run", run, "--sim") == 0
     capsys.readouterr()
     assert om("--inspect", run / "model.om") == 0
-    assert sim_om.SIM_MESSAGE in capsys.readouterr().out
+    assert om_container.SIM_MESSAGE in capsys.readouterr().out
     assert om("--inspect", run / "model.om", "--json") == 0
     report = json.loads(capsys.readouterr().out)
     assert report["kind"] == "sim" and report["damaged"] is None
@@ -100,7 +100,7 @@ def test_aipp_route_writes_insert_op_cfg_and_a_uint8_nhwc_model(tmp_path):
     record = build_om(om_config(sim=True, aipp=True), run, echo=open("/dev/null", "w"))
     (aipp,) = read_insert_op_cfg(run / "insert_op.cfg")
     assert record["aipp"] == aipp and aipp["input_format"] == "YUV400_U8"
-    meta = sim_om.read(run / "model.om").meta
+    meta = om_container.read(run / "model.om").meta
     assert meta["aipp"] == aipp
     assert meta["inputs"] == [{"name": "input", "dims": [1, 28, 28, 1], "dtype": "uint8", "format": "NHWC"}]
     assert f"--insert_op_conf={(run / 'insert_op.cfg').resolve()}" in record["command"]
@@ -111,7 +111,7 @@ def test_aipp_for_cifar_is_rgb888(tmp_path):
                    aipp=True)
     record = build_om(om_config(sim=True, aipp=True), run, echo=open("/dev/null", "w"))
     assert record["aipp"]["input_format"] == "RGB888_U8"
-    assert sim_om.read(run / "model.om").meta["inputs"][0]["dims"] == [1, 32, 32, 3]
+    assert om_container.read(run / "model.om").meta["inputs"][0]["dims"] == [1, 32, 32, 3]
 
 
 def test_aipp_without_uint8_golden_inputs_asks_to_rerun_export(tmp_path, capsys):
@@ -127,7 +127,7 @@ def test_aipp_is_decided_at_export_and_om_follows_it_without_being_asked(tmp_pat
     run = make_run(tmp_path / "run", aipp=True)
     assert om("--run", run, "--sim") == 0, capsys.readouterr().err
     assert json.loads((run / "atc.json").read_text())["aipp"]["input_format"] == "YUV400_U8"
-    assert sim_om.read(run / "model.om").meta["inputs"][0]["dtype"] == "uint8"
+    assert om_container.read(run / "model.om").meta["inputs"][0]["dtype"] == "uint8"
 
 
 def test_user_onnx_goes_beside_itself_without_export_json(tmp_path, capsys):
@@ -204,7 +204,7 @@ def test_atc_sim_passed_as_the_real_atc_is_refused_with_the_sim_message(tmp_path
     if len(sim) != 1:
         pytest.skip("the atc-sim console script is not installed next to this Python")
     assert om("--run", run, "--atc", sim[0]) == 1
-    assert sim_om.SIM_MESSAGE in capsys.readouterr().err
+    assert om_container.SIM_MESSAGE in capsys.readouterr().err
     assert not (run / "model.om").exists()
 
 

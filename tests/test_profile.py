@@ -16,7 +16,7 @@ import pytest
 
 import atlas.sim.acl as acl
 from atlas import run_folder as rf
-from atlas import om_container as sim_om
+from atlas import om_container
 from atlas.board import acl_consts as C
 from atlas.cli import main
 from test_acl_emulator import Opened, write_sim_om
@@ -28,7 +28,7 @@ CPU = "CPU (emulator), not the NPU"
 
 def model_nodes(om: Path) -> list[str]:
     """The nodes the sim .om runs, without atc-sim's float16 emulation casts (atlas/fp16.py)."""
-    payload = onnx.load_from_string(sim_om.unpack(om.read_bytes(), name=str(om)).onnx_bytes)
+    payload = onnx.load_from_string(om_container.unpack(om.read_bytes(), name=str(om)).onnx_bytes)
     return [n.name for n in payload.graph.node if not n.name.endswith(("__fp16_cast", "__fp32_cast"))]
 
 

@@ -16,7 +16,7 @@ from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 from torch import nn
 
-from atlas import om_container as sim_om
+from atlas import om_container
 from atlas.cli import main
 from training.models import BasicBlock
 
@@ -112,13 +112,13 @@ def test_a_resnet18_shaped_model_with_a_folder_of_jpegs_goes_the_whole_sim_road(
     assert verdict["top1_agreement"] >= 0.999 and verdict["count"] == 64
 
     # negative control: one weight of the .om's model perturbed -> verify fails
-    sim = sim_om.read(run / "model.om")
+    sim = om_container.read(run / "model.om")
     payload = onnx.load_from_string(sim.onnx_bytes)
     fc = next(t for t in payload.graph.initializer if len(t.dims) == 2)
     values = numpy_helper.to_array(fc).copy()
     values[:, :] *= -1.0  # every class score flips sign: a wrong kernel, not fp16 noise
     fc.CopyFrom(numpy_helper.from_array(values, fc.name))
-    (run / "model.om").write_bytes(sim_om.pack(sim.meta, payload.SerializeToString()))
+    (run / "model.om").write_bytes(om_container.pack(sim.meta, payload.SerializeToString()))
     assert on_board(board, run) == 0
     assert main(["verify", "--run", str(run)]) == 1
     assert "verification FAILED" in capsys.readouterr().err

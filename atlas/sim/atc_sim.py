@@ -446,7 +446,7 @@ def build(flags: dict[str, str]) -> tuple[Path, dict[str, Any]]:
     The .om depends only on the ONNX and the options: no path, time or random id goes inside (issue 15 item 8).
     """
     from atlas.fileio import write_bytes
-    from atlas import om_container as sim_om
+    from atlas import om_container
     from atlas.fp16 import PRECISION_NUMERICS, prepare_for_fp16
 
     model_path = flags["model"]
@@ -503,7 +503,7 @@ def build(flags: dict[str, str]) -> tuple[Path, dict[str, Any]]:
     }
     om_path = Path(flags["output"] + ".om")
     try:
-        write_bytes(om_path, sim_om.pack(meta, payload.SerializeToString(deterministic=True)))
+        write_bytes(om_path, om_container.pack(meta, payload.SerializeToString(deterministic=True)))
     except OSError as e:
         raise AtcFailure([AtcError("E13002", f"Failed to write the model to {om_path}: {e.strerror or e}.")]) from None
     return om_path, meta

@@ -15,7 +15,7 @@ import sys
 import numpy as np
 
 from atlas.board import acl_consts as C
-from atlas import om_container as sim_om
+from atlas import om_container
 from atlas.sim import aipp_math, faults
 
 from ._errors import Fail
@@ -68,13 +68,13 @@ class LoadedModel:
     def __init__(self, data: bytes, source: str, context: int):
         self.context = context
         self.source = source
-        if sim_om.is_real_om(data):
+        if om_container.is_real_om(data):
             # The one message the project uses for this case, as the brief asks; then the load error code.
-            sys.stderr.write(f"acl-sim: {source}: {sim_om.NOT_SIM_MESSAGE}\n")
+            sys.stderr.write(f"acl-sim: {source}: {om_container.NOT_SIM_MESSAGE}\n")
             raise Fail(C.ACL_ERROR_PARSE_MODEL, f"{source} is a real Ascend .om; the emulator runs only sim .om files")
         try:
-            container = sim_om.unpack(data, name=source)
-        except sim_om.SimOmError as e:
+            container = om_container.unpack(data, name=source)
+        except om_container.SimOmError as e:
             raise Fail(C.ACL_ERROR_PARSE_MODEL, str(e)) from None
         meta = container.meta
         self.meta = meta

@@ -35,7 +35,7 @@ import threading
 import time
 import zlib
 
-from atlas import om_container as sim_om
+from atlas import om_container
 from atlas.board import acl_consts as C
 
 from . import _model
@@ -73,7 +73,7 @@ class _NodeTimer:
     """The CPU time of every node of one loaded model, per execution: [(op type, node name, start us, end us)]."""
 
     def __init__(self, model):
-        payload = _model._with_fault(sim_om.unpack(model.om_data, name=model.source).onnx_bytes)
+        payload = _model._with_fault(om_container.unpack(model.om_data, name=model.source).onnx_bytes)
         self.int8 = bool(model.meta.get("int8"))
         self.runs: list[list[tuple[str, str, int, int]]] = []
         if self.int8:
