@@ -30,6 +30,28 @@ model = "tinycnn"
 epochs = 3
 """
 
+SPLIT_TINY_CONFIG = """
+name = "split-tiny"
+[data]
+dataset = "mnist-sample"
+batch_size = 64
+train_limit = 400
+test_limit = 100
+[teacher]
+model = "cnn"
+epochs = 1
+[student]
+model = "lenet5"
+epochs = 1
+lr = 0.02
+[distill]
+baseline = false
+[split]
+fc_epochs = 1
+joint_epochs = 1
+seeds = 1
+"""  # a one-epoch teacher and one seed of the split recipe in seconds (tests/test_split*.py)
+
 
 def pytest_sessionstart(session):
     """The sim board's sshd, found or fetched once before any test (python -m atlas.sim.sshd); where none can be

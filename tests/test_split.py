@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import assert_one_line_error, run_cli
+from conftest import SPLIT_TINY_CONFIG, assert_one_line_error, run_cli
 from training.split import make_targets, sub_model_masks, summarize
 
 
@@ -45,3 +45,95 @@ def test_bad_sparsities_are_refused_before_any_work(tmp_path):
     (tmp_path / "r" / "config.json").write_text('{"name": "r"}')
     result = run_cli("split", "--run", str(tmp_path / "r"), "--split-sparsity-a", "0.5", "--split-sparsity-b", "0.8")
     assert_one_line_error(result, 2, "sparsity")
+
+
+# --- --resume keeps only seeds of the same recipe ----------------------------------------------------------
+
+
+
+@pytest.fixture(scope="module")
+def split_once(tmp_path_factory):
+    """A one-epoch teacher and its split (one seed): the kept seed --resume is asked to reuse."""
+    from atlas.cli import main
+
+    root = tmp_path_factory.mktemp("split-resume")
+    (root / "split.toml").write_text(SPLIT_TINY_CONFIG)
+    run = root / "parent"
+    assert main(["train", "--config", str(root / "split.toml"), "--run", str(run), "--no-progress"]) == 0
+    assert main(["split", "--run", str(run), "--no-progress"]) == 0
+    return run
+
+
+def test_resume_with_the_same_settings_keeps_the_seed(split_once, capsys):
+    from atlas.cli import main
+
+    kept = split_once / "split-state" / "seed-0.pt"
+    before = kept.read_bytes()
+    assert main(["split", "--run", str(split_once), "--resume", "--no-progress"]) == 0
+    assert "seed 0 already done" in capsys.readouterr().out
+    assert kept.read_bytes() == before
+
+
+def test_resume_refuses_a_seed_trained_with_other_settings(split_once):
+    state = split_once / "split-state" / "seed-0.pt"
+    before = state.read_bytes()
+    result = run_cli("split", "--run", str(split_once), "--resume", "--no-progress", "--split-sparsity-a", "0.9")
+    assert_one_line_error(result, 2, "seed-0.pt was trained with other settings", "split.sparsity_a 0.95 -> 0.9",
+                          "without --resume")
+    assert state.read_bytes() == before  # nothing trained, nothing overwritten
+
+
+def test_resume_refuses_a_seed_of_another_teacher_or_one_that_records_no_settings(split_once, tmp_path):
+    import shutil
+
+    from training import checkpoint
+    from training.split import STATE_FORMAT_V1
+
+    run = shutil.copytree(split_once, tmp_path / "parent")
+    state_path = run / "split-state" / "seed-0.pt"
+    state = checkpoint.load(state_path, expect_format="atlas-kd.split-seed.v2")
+    checkpoint.save(state_path, {**state, "settings": {**state["settings"], "teacher_sha256": "0" * 64}})
+    assert_one_line_error(run_cli("split", "--run", str(run), "--resume", "--no-progress"), 2, "teacher.pt changed")
+    old = {k: v for k, v in state.items() if k != "settings"}
+    checkpoint.save(state_path, {**old, "format": STATE_FORMAT_V1})
+    assert_one_line_error(run_cli("split", "--run", str(run), "--resume", "--no-progress"), 2,
+                          "does not record the settings")
+
+
+def test_split_json_reports_what_each_cut_of_the_fc_layer_costs(split_once):
+    import json
+
+    curve = json.loads((split_once / "split" / "split.json").read_text())["teacher"]["sparsity_curve"]
+    assert [c["sparsity"] for c in curve] == sorted(c["sparsity"] for c in curve)
+    kept = [c["kept_weights"] for c in curve]
+    assert kept == sorted(kept, reverse=True) and kept[0] > kept[-1] > 0
+    assert all(0.0 <= c["accuracy"] <= 1.0 for c in curve)
+
+
+def test_split_cifar_variant_runs_beside_the_defaults_without_touching_them(split_once):
+    import json
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    def script(*args):
+        return subprocess.run([sys.executable, str(REPO / "scripts" / "split_cifar.py"), "--run", str(split_once),
+                               "--config", str(split_once.parent / "split.toml"), "--seeds", "1", "--no-progress",
+                               *args], capture_output=True, text=True, timeout=300, cwd=REPO)
+
+    before = (split_once / "split" / "split.json").read_bytes()
+    result = script("--variant", "s90", "--split-sparsity-a", "0.9")
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(result.stdout.strip().splitlines()[-1])
+    assert figures["sparsity_a"] == 0.9 and figures["run"].endswith("parent+s90")
+    assert (split_once.parent / "parent+s90" / "teacher.pt").read_bytes() == (split_once / "teacher.pt").read_bytes()
+    assert (split_once / "split" / "split.json").read_bytes() == before  # the defaults' run is left as it was
+    base = json.loads(before)["seeds"][0]
+    assert "A's baselines for seed 0 reused" in result.stdout  # sparsity_a does not change them
+    assert figures["a_kd"] == [base["a_kd"]] and figures["a_plain"] == [base["a_plain"]]
+    other = script("--variant", "n20", "--split-nodes-a", "20")  # another A: its baselines are trained anew
+    assert other.returncode == 0, other.stderr
+    assert "reused" not in other.stdout and json.loads(other.stdout.strip().splitlines()[-1])["nodes"] == [20, 50]
+    bad = script("--variant", "../elsewhere")
+    assert bad.returncode == 2 and "--variant" in bad.stderr and "Traceback" not in bad.stderr

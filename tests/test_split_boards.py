@@ -15,31 +15,10 @@ from atlas.cli import main
 from atlas.config import load_config
 from atlas.sim.sim_board import stop_board
 from atlas.split_deploy import deploy_split
+from conftest import SPLIT_TINY_CONFIG
 from sshd_util import running_board
 
-CONFIG = """
-name = "split-tiny"
-[data]
-dataset = "mnist-sample"
-batch_size = 64
-train_limit = 400
-test_limit = 100
-[teacher]
-model = "cnn"
-epochs = 1
-[student]
-model = "lenet5"
-epochs = 1
-lr = 0.02
-[distill]
-baseline = false
-[export]
-golden_count = 400
-[split]
-fc_epochs = 1
-joint_epochs = 1
-seeds = 1
-"""
+CONFIG = SPLIT_TINY_CONFIG + "[export]\ngolden_count = 400\n"
 
 
 @pytest.fixture(scope="module")

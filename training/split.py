@@ -19,6 +19,7 @@ so `--resume` continues after a stop.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import time
 import warnings
@@ -43,7 +44,11 @@ from training.pmw_sgd import PMWSGD
 from training.pruning import magnitude_masks
 from training.split_models import A_OUTPUTS, B_OUTPUTS, NODES_A, NODES_B
 
-STATE_FORMAT = "atlas-kd.split-seed.v1"
+STATE_FORMAT = "atlas-kd.split-seed.v2"  # v2: each seed records the settings it was trained with (--resume checks)
+BASELINE_FORMAT = "atlas-kd.split-baselines.v1"  # A's plain and KD baselines of one seed, with their settings
+STATE_FORMAT_V1 = "atlas-kd.split-seed.v1"
+LINK_ONLY = ("seeds", "deadline_ms", "link_host", "link_port", "reconnect_s")  # [split] keys no seed depends on
+SPARSITY_CURVE = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98)  # the cuts split.json reports the cost of
 
 
 @dataclasses.dataclass
@@ -63,6 +68,13 @@ def split(cfg: Config, run: str | Path | rf.Run, *, resume: bool = False, progre
     teacher_path = parent / rf.TEACHER
     teacher, payload = checkpoint.load_model(teacher_path, trusted=cfg.teacher.model)
     out.check_writable()
+    state_dir = parent / rf.SPLIT_STATE
+    settings = seed_settings(cfg, teacher_path)
+    if resume:  # before any work: a kept seed of another recipe is refused now, not after the teacher side
+        for k in range(cfg.split.seeds):
+            kept_path = state_dir / f"seed-{cfg.seed + k}.pt"
+            if kept_path.is_file():
+                check_same_settings(kept_path, load_seed(kept_path)["settings"], settings)
     started = time.perf_counter()
     device = resolve_device(cfg.device)
     data = load_data(cfg.data, progress=progress)
@@ -92,25 +104,29 @@ def split(cfg: Config, run: str | Path | rf.Run, *, resume: bool = False, progre
                         "accuracy": _acc(test_targets.z_a[0], test.labels)},
         "sub_model_b": {"sparsity": cfg.split.sparsity_b, "kept_weights": int(mask_b.sum()),
                         "accuracy": _acc(test_targets.z_a[0] + test_targets.z_ba[0], test.labels)},
+        "sparsity_curve": sparsity_curve(h_test[0], test.labels, weight, bias),
     }
     log(f"split: teacher {100 * teacher_side['accuracy']:.2f} %, its FC after PMW-SGD "
         f"{100 * teacher_side['fc_pmw']['accuracy']:.2f} %; sub-model A ({int(mask_a.sum())} weights) "
         f"{100 * teacher_side['sub_model_a']['accuracy']:.2f} %, sub-model B ({int(mask_b.sum())}) "
         f"{100 * teacher_side['sub_model_b']['accuracy']:.2f} %")
+    log("split: what a cut of the FC layer costs (test accuracy): " + ", ".join(
+        f"{100 * c['sparsity']:g} % {100 * c['accuracy']:.2f}" for c in teacher_side["sparsity_curve"]))
     shape = list(data.info.input_shape)
     arch_a = make_arch(NODES_A, shape, data.info.num_classes, {"nodes": cfg.split.nodes_a})
     arch_b = make_arch(NODES_B, shape, data.info.num_classes, {"nodes": cfg.split.nodes_b})
-    state_dir = parent / rf.SPLIT_STATE
     seeds, kept = [], None
     for k in range(cfg.split.seeds):
         seed = cfg.seed + k
         state_path = state_dir / f"seed-{seed}.pt"
         if resume and state_path.is_file():
-            state = checkpoint.load(state_path, expect_format=STATE_FORMAT)
+            state = load_seed(state_path)
             log(f"split: seed {seed} already done ({state_path}), skipping")
         else:
             state = train_seed(cfg, seed, arch_a, arch_b, train, test, targets, test_targets, views, device,
-                               progress, log)
+                               progress, log, baseline_cache=state_dir / f"baselines-seed-{seed}.pt",
+                               baseline_key=baseline_settings(settings, seed))
+            state["settings"] = settings
             checkpoint.save(state_path, state)
         seeds.append(state["metrics"])
         kept = kept or state  # the first seed's students are the ones exported and deployed
@@ -220,6 +236,55 @@ def sub_model_masks(weight: torch.Tensor, sparsity_a: float, sparsity_b: float) 
     return mask_a, mask_b
 
 
+def sparsity_curve(h: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> list[dict]:
+    """Test accuracy of the FC layer cut by magnitude at each of SPARSITY_CURVE: what a cut costs on this teacher,
+    so that split.sparsity_a and _b can be chosen for an FC layer of another width than the method's (ResNet-18's
+    512 x 10; resnet20's is 64 x 10, where 95 % leaves 32 weights)."""
+    curve = []
+    for sparsity in SPARSITY_CURVE:
+        mask = magnitude_masks({"w": weight}, sparsity)["w"]
+        curve.append({"sparsity": sparsity, "kept_weights": int(mask.sum()),
+                      "accuracy": _acc(h @ (weight * mask).T + bias, labels)})
+    return curve
+
+
+def seed_settings(cfg: Config, teacher_path: Path) -> dict:
+    """What a seed's students depend on: the teacher's bytes and every setting the recipe reads. A seed kept by
+    --resume must have been trained with these, or the record would mix two recipes."""
+    d = cfg.to_dict()
+    return {"teacher_sha256": hashlib.sha256(teacher_path.read_bytes()).hexdigest(), "seed": cfg.seed,
+            "data": d["data"], "student": d["student"], "distill": d["distill"],
+            "compress.pmw_strength": cfg.compress.pmw_strength,
+            "split": {k: v for k, v in d["split"].items() if k not in LINK_ONLY}}
+
+
+def load_seed(path: Path) -> dict:
+    """A kept seed; one of an atlas-kd that did not record its settings (v1) cannot be checked, so it is refused."""
+    try:
+        return checkpoint.load(path, expect_format=STATE_FORMAT)
+    except UserError:
+        checkpoint.load(path, expect_format=STATE_FORMAT_V1)  # not even a v1 seed: that error is the one to show
+        raise UserError(f"split --resume: {path} does not record the settings it was trained with (an older "
+                        f"atlas-kd wrote it): run split without --resume to train every seed again") from None
+
+
+def check_same_settings(state_path: Path, kept: dict, now: dict) -> None:
+    """One line naming what differs between a kept seed's settings and the config's, or nothing."""
+    def flat(d: dict, prefix: str = "") -> dict:
+        out = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) and k != "model_args" else {prefix + k: v})
+        return out
+
+    a, b = flat(kept), flat(now)
+    diffs = [f"{k} {a.get(k, '(unset)')} -> {b.get(k, '(unset)')}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    if diffs:
+        shown = "; ".join("teacher.pt changed" if d.startswith("teacher_sha256") else d for d in diffs[:4])
+        more = f" and {len(diffs) - 4} more" if len(diffs) > 4 else ""
+        raise UserError(f"split --resume: {state_path} was trained with other settings ({shown}{more}): give the "
+                        f"settings it was trained with, or run split without --resume to train every seed again")
+
+
 def make_targets(h: torch.Tensor, logits: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
                  mask_a: torch.Tensor, mask_b: torch.Tensor) -> Targets:
     w_a = weight * mask_a
@@ -246,7 +311,8 @@ class MergeHead(nn.Module):
 
 
 def train_seed(cfg: Config, seed: int, arch_a: dict, arch_b: dict, train, test, targets: Targets,
-               test_targets: Targets, views, device, progress: bool, log) -> dict:
+               test_targets: Targets, views, device, progress: bool, log, baseline_cache: Path | None = None,
+               baseline_key: dict | None = None) -> dict:
     """The recipe once: stage 1 (A and B), joint fine-tuning, and A's plain and KD baselines; all from `seed`."""
     temperature, alpha = cfg.distill.temperature, cfg.distill.alpha
     y = train.labels
@@ -272,16 +338,15 @@ def train_seed(cfg: Config, seed: int, arch_a: dict, arch_b: dict, train, test, 
                 + cfg.split.joint_a_weight * F.mse_loss(logits_a, targets.z_a[v][idx]))
 
     loop.fit(f"seed {seed} joint", joint, cfg.split.joint_epochs, cfg.split.joint_lr, joint_loss)
-    plain, kd = fresh(arch_a, 1), fresh(arch_a, 1)  # A's architecture and initialisation, trained the usual ways
-    loop.fit(f"seed {seed} A plain", plain, cfg.student.epochs, cfg.student.lr,
-             lambda x, idx, v: F.cross_entropy(plain(x)[0], y[idx]))
-    loop.fit(f"seed {seed} A KD", kd, cfg.student.epochs, cfg.student.lr,
-             lambda x, idx, v: kd_loss(kd(x)[0], targets.teacher[v][idx], y[idx], temperature, alpha))
+    base = kept_baselines(baseline_cache, baseline_key, log)
+    if base is None:
+        base = train_baselines(cfg, seed, arch_a, train, test, targets, views, device, progress, log)
+        if baseline_cache is not None:
+            checkpoint.save(baseline_cache, {"format": BASELINE_FORMAT, "settings": baseline_key, "metrics": base})
     metrics = {"seed": seed, "stage1": stage1, "a_alone": evaluate(a, None, None, test),
-               "a_plus_b": evaluate(a, b, head, test), "a_plain": evaluate(plain, None, None, test),
-               "a_kd": evaluate(kd, None, None, test),
+               "a_plus_b": evaluate(a, b, head, test), "a_plain": base["a_plain"], "a_kd": base["a_kd"],
                "a_nodes_mse_test": float(F.mse_loss(_predict(a, test.images)[0], test_targets.z_a[0])),
-               "history": loop.history}
+               "history": {**loop.history, **base["history"]}}
     log(f"split: seed {seed}: A alone {100 * metrics['a_alone']:.2f} %, A+B {100 * metrics['a_plus_b']:.2f} %, "
         f"A plain {100 * metrics['a_plain']:.2f} %, A KD {100 * metrics['a_kd']:.2f} %")
     state = {k: {n: t.detach().cpu().clone() for n, t in m.state_dict().items()}
@@ -289,20 +354,62 @@ def train_seed(cfg: Config, seed: int, arch_a: dict, arch_b: dict, train, test, 
     return {"format": STATE_FORMAT, "metrics": metrics, "state": state}
 
 
+def train_baselines(cfg: Config, seed: int, arch_a: dict, train, test, targets: Targets, views, device,
+                    progress: bool, log) -> dict:
+    """A's plain and KD baselines: A's architecture and initialisation, trained the usual ways. Their batches are
+    phases 3 and 4 of the seed's, as when they followed the joint phase in one loop."""
+    y = train.labels
+    models = []
+    for _ in range(2):
+        torch.manual_seed(seed + 1)
+        models.append(build_model(arch_a, trusted=arch_a["name"]).to(device))
+    plain, kd = models
+    loop = Loop(cfg, train, views, seed, progress, log, first_phase=3)
+    loop.fit(f"seed {seed} A plain", plain, cfg.student.epochs, cfg.student.lr,
+             lambda x, idx, v: F.cross_entropy(plain(x)[0], y[idx]))
+    loop.fit(f"seed {seed} A KD", kd, cfg.student.epochs, cfg.student.lr,
+             lambda x, idx, v: kd_loss(kd(x)[0], targets.teacher[v][idx], y[idx], cfg.distill.temperature,
+                                       cfg.distill.alpha))
+    return {"a_plain": evaluate(plain, None, None, test), "a_kd": evaluate(kd, None, None, test),
+            "history": loop.history}
+
+
+def baseline_settings(settings: dict, seed: int) -> dict:
+    """What A's baselines depend on: not the sub-models, B or the joint phase, so settings that change only those
+    (a sparsity, nodes_b, joint_epochs) reuse them."""
+    split = {"nodes_a": settings["split"]["nodes_a"]}
+    return {**{k: v for k, v in settings.items() if k != "split"}, "split": split, "baseline_seed": seed}
+
+
+def kept_baselines(path: Path | None, key: dict | None, log) -> dict | None:
+    """The baselines kept at `path` when they were trained with `key`'s settings; else None (they are trained)."""
+    if path is None or not path.is_file():
+        return None
+    try:
+        kept = checkpoint.load(path, expect_format=BASELINE_FORMAT)
+    except UserError:
+        return None
+    if kept.get("settings") != key:
+        return None
+    log(f"split: A's baselines for seed {key['baseline_seed']} reused from {path} (same teacher, data, student, "
+        f"distill and nodes_a)")
+    return kept["metrics"]
+
+
 class Loop:
     """One training loop for every phase: seeded batches over the training split (view e mod K in epoch e),
     the student config's optimizer and schedule at the phase's epochs and lr, progress with tqdm."""
 
-    def __init__(self, cfg: Config, train, views, seed: int, progress: bool, log):
+    def __init__(self, cfg: Config, train, views, seed: int, progress: bool, log, first_phase: int = 0):
         self.cfg, self.train, self.views, self.seed = cfg, train, views, seed
-        self.progress, self.log, self.history = progress, log, {}
+        self.progress, self.log, self.history, self.first_phase = progress, log, {}, first_phase
 
     def fit(self, desc: str, model: nn.Module, epochs: int, lr: float, loss_of) -> None:
         n, batch = len(self.train.labels), self.cfg.data.batch_size
         steps = (n + batch - 1) // batch
         spec = TrainConfig(**{**dataclasses.asdict(self.cfg.student), "epochs": max(epochs, 1), "lr": lr})
         opt, sched = make_optimizer(model, spec, steps, pmw_strength=self.cfg.compress.pmw_strength)
-        generator = torch.Generator().manual_seed(self.seed + 1000 + len(self.history))
+        generator = torch.Generator().manual_seed(self.seed + 1000 + self.first_phase + len(self.history))
         losses = []
         model.train()
         for epoch in range(epochs):
