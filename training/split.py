@@ -70,11 +70,11 @@ def split(cfg: Config, run: str | Path | rf.Run, *, resume: bool = False, progre
     out.check_writable()
     state_dir = parent / rf.SPLIT_STATE
     settings = seed_settings(cfg, teacher_path)
-    if resume:  # before any work: a kept seed of another recipe is refused now, not after the teacher side
-        for k in range(cfg.split.seeds):
-            kept_path = state_dir / f"seed-{cfg.seed + k}.pt"
-            if kept_path.is_file():
-                check_same_settings(kept_path, load_seed(kept_path)["settings"], settings)
+    done = {}  # seed -> its kept state; checked before any work, so a seed of another recipe is refused now
+    for seed in range(cfg.seed, cfg.seed + cfg.split.seeds) if resume else ():
+        if (state_dir / f"seed-{seed}.pt").is_file():
+            done[seed] = load_seed(state_dir / f"seed-{seed}.pt")
+            check_same_settings(state_dir / f"seed-{seed}.pt", done[seed]["settings"], settings)
     started = time.perf_counter()
     device = resolve_device(cfg.device)
     data = load_data(cfg.data, progress=progress)
@@ -119,8 +119,8 @@ def split(cfg: Config, run: str | Path | rf.Run, *, resume: bool = False, progre
     for k in range(cfg.split.seeds):
         seed = cfg.seed + k
         state_path = state_dir / f"seed-{seed}.pt"
-        if resume and state_path.is_file():
-            state = load_seed(state_path)
+        if seed in done:
+            state = done[seed]
             log(f"split: seed {seed} already done ({state_path}), skipping")
         else:
             state = train_seed(cfg, seed, arch_a, arch_b, train, test, targets, test_targets, views, device,
