@@ -29,6 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from atlas import run_folder as rf  # noqa: E402
+from atlas.fileio import atomic_path  # noqa: E402
 from atlas.cli import main as cli  # noqa: E402
 
 
@@ -61,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
                "sparsity_b": teacher["sub_model_b"]["sparsity"], "sub_model_a": teacher["sub_model_a"]["accuracy"],
                "sub_model_b": teacher["sub_model_b"]["accuracy"], "nodes": [record["students"]["a"]["nodes"],
                                                                            record["students"]["b"]["nodes"]],
-               "epochs": record["students"]["epochs"], "wall_s": record["wall_s"],"a_alone": s["a_alone"]["values"], "a_plus_b": s["a_plus_b"]["values"], "a_plain": s["a_plain"]["values"],
+               "epochs": record["students"]["epochs"], "wall_s": record["wall_s"], "a_alone": s["a_alone"]["values"],
+               "a_plus_b": s["a_plus_b"]["values"], "a_plain": s["a_plain"]["values"],
                "a_kd": s["a_kd"]["values"], "a_plus_b_over_a_kd_pts": s["a_plus_b_over_a_kd_pts"]["mean"],
                "a_alone_over_a_kd_pts": s["a_alone_over_a_kd_pts"]["mean"],
                "acceptance_3_pts": all(v >= 3.0 for v in s["a_plus_b_over_a_kd_pts"]["values"]),
@@ -74,18 +76,14 @@ def variant_run(run: Path, name: str) -> Path:
     """<run>+NAME/: the teacher (copied when absent or changed) and its config; split writes the rest there."""
     out = run.parent / f"{run.name}+{name}"
     out.mkdir(parents=True, exist_ok=True)
-    for file in (rf.TEACHER, rf.CONFIG):
-        source, copy = run / file, out / file
-        if source.is_file() and (not copy.is_file() or copy.read_bytes() != source.read_bytes()):
-            tmp = copy.with_name(copy.name + ".tmp")
-            shutil.copyfile(source, tmp)
-            tmp.replace(copy)
-    state = out / rf.SPLIT_STATE
-    for kept in sorted(run.parent.glob(f"{run.name}*/{rf.SPLIT_STATE}/baselines-seed-*.pt")):
-        if not (state / kept.name).exists():  # A's baselines: split reuses them only where their settings match
-            state.mkdir(exist_ok=True)
-            shutil.copyfile(kept, state / (kept.name + ".tmp"))
-            (state / (kept.name + ".tmp")).replace(state / kept.name)
+    copies = [(run / f, out / f) for f in (rf.TEACHER, rf.CONFIG) if (run / f).is_file()]
+    copies += [(kept, out / rf.SPLIT_STATE / kept.name)  # A's baselines: split reuses them only where settings match
+               for kept in sorted(run.parent.glob(f"{run.name}*/{rf.SPLIT_STATE}/baselines-seed-*.pt"))
+               if not (out / rf.SPLIT_STATE / kept.name).exists()]
+    for source, copy in copies:
+        if not copy.is_file() or copy.read_bytes() != source.read_bytes():
+            with atomic_path(copy, suffix=copy.suffix) as tmp:
+                shutil.copyfile(source, tmp)
     return out
 
 

@@ -317,11 +317,7 @@ def train_seed(cfg: Config, seed: int, arch_a: dict, arch_b: dict, train, test, 
     temperature, alpha = cfg.distill.temperature, cfg.distill.alpha
     y = train.labels
 
-    def fresh(arch: dict, offset: int) -> nn.Module:
-        torch.manual_seed(seed + offset)
-        return build_model(arch, trusted=arch["name"]).to(device)
-
-    a, b = fresh(arch_a, 1), fresh(arch_b, 2)
+    a, b = fresh_model(arch_a, seed + 1, device), fresh_model(arch_b, seed + 2, device)
     loop = Loop(cfg, train, views, seed, progress, log)
     loop.fit(f"seed {seed} stage 1 A", a, cfg.student.epochs, cfg.student.lr,
              lambda x, idx, v: F.mse_loss(a(x)[0], targets.z_a[v][idx]))
@@ -354,16 +350,17 @@ def train_seed(cfg: Config, seed: int, arch_a: dict, arch_b: dict, train, test, 
     return {"format": STATE_FORMAT, "metrics": metrics, "state": state}
 
 
+def fresh_model(arch: dict, init_seed: int, device) -> nn.Module:
+    torch.manual_seed(init_seed)
+    return build_model(arch, trusted=arch["name"]).to(device)
+
+
 def train_baselines(cfg: Config, seed: int, arch_a: dict, train, test, targets: Targets, views, device,
                     progress: bool, log) -> dict:
     """A's plain and KD baselines: A's architecture and initialisation, trained the usual ways. Their batches are
     phases 3 and 4 of the seed's, as when they followed the joint phase in one loop."""
     y = train.labels
-    models = []
-    for _ in range(2):
-        torch.manual_seed(seed + 1)
-        models.append(build_model(arch_a, trusted=arch_a["name"]).to(device))
-    plain, kd = models
+    plain, kd = fresh_model(arch_a, seed + 1, device), fresh_model(arch_a, seed + 1, device)  # A's initialisation
     loop = Loop(cfg, train, views, seed, progress, log, first_phase=3)
     loop.fit(f"seed {seed} A plain", plain, cfg.student.epochs, cfg.student.lr,
              lambda x, idx, v: F.cross_entropy(plain(x)[0], y[idx]))
