@@ -185,6 +185,7 @@ class SplitConfig:
     sparsity_b: float = 0.85  # ... sub-model B; its kept weights hold A's
     nodes_a: int = 25  # LeNet-A's last hidden FC layer: it learns sub-model A's FC-layer outputs
     nodes_b: int = 50  # LeNet-B's: it learns the part of sub-model B not in A
+    b_channels: list[int] = field(default_factory=lambda: [6, 16])  # LeNet-B's two conv layers; wider: a larger B
     fc_epochs: int = 5  # PMW-SGD fine-tuning of the teacher's FC layer on its cached inputs (compress.pmw_strength)
     fc_lr: float = 0.01
     joint_epochs: int = 10  # A, B and the merge head fine-tuned as one

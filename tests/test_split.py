@@ -100,6 +100,54 @@ def test_resume_refuses_a_seed_of_another_teacher_or_one_that_records_no_setting
                           "does not record the settings")
 
 
+def test_resume_counts_a_split_key_added_since_the_seed_was_kept_with_its_default(split_once, tmp_path, capsys):
+    import shutil
+
+    from atlas.cli import main
+    from training import checkpoint
+
+    run = shutil.copytree(split_once, tmp_path / "parent")
+    state_path = run / "split-state" / "seed-0.pt"
+    state = checkpoint.load(state_path, expect_format="atlas-kd.split-seed.v2")
+    older = {k: v for k, v in state["settings"]["split"].items() if k != "b_channels"}  # before split.b_channels
+    checkpoint.save(state_path, {**state, "settings": {**state["settings"], "split": older}})
+    assert main(["split", "--run", str(run), "--resume", "--no-progress"]) == 0  # default 6,16: the same recipe
+    assert "seed 0 already done" in capsys.readouterr().out
+    result = run_cli("split", "--run", str(run), "--resume", "--no-progress", "--split-b-channels", "8,24")
+    assert_one_line_error(result, 2, "split.b_channels [6, 16] -> [8, 24]")
+
+
+def test_a_larger_b_changes_b_only(split_once, tmp_path, capsys):
+    import json
+    import shutil
+
+    import onnx
+
+    from atlas.cli import main
+    from training import checkpoint
+
+    run = shutil.copytree(split_once, tmp_path / "parent")
+    assert main(["split", "--run", str(run), "--no-progress", "--split-b-channels", "8,24"]) == 0
+    assert "A's baselines for seed 0 reused" in capsys.readouterr().out  # A's baselines do not depend on B
+    b = checkpoint.load(run / "split" / "B" / "student.pt")
+    assert b["arch"]["kwargs"]["channels"] == [8, 24] and b["arch"]["kwargs"]["nodes"] == 50
+    assert b["state_dict"]["features.0.weight"].shape[0] == 8
+    a = checkpoint.load(run / "split" / "A" / "student.pt")
+    assert a["arch"] == checkpoint.load(split_once / "split" / "A" / "student.pt")["arch"]  # A as it was
+    graph = onnx.load(run / "split" / "B" / "sub_model.onnx").graph
+    assert [o.name for o in graph.output] == ["nodes"]
+    assert [d.dim_value for d in graph.output[0].type.tensor_type.shape.dim][1:] == [50]  # what A's board joins
+    assert json.loads((run / "split" / "split.json").read_text())["students"]["b"]["arch"]["kwargs"]["channels"] == [8, 24]
+
+
+@pytest.mark.parametrize("channels", ["6", "6,16,32", "0,16"])
+def test_b_channels_other_than_two_counts_are_refused_before_any_work(tmp_path, channels):
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "config.json").write_text('{"name": "r"}')
+    result = run_cli("split", "--run", str(tmp_path / "r"), "--split-b-channels", channels)
+    assert_one_line_error(result, 2, "split.b_channels must be two channel counts")
+
+
 def test_split_json_reports_what_each_cut_of_the_fc_layer_costs(split_once):
     import json
 

@@ -32,7 +32,7 @@ from torch import nn
 from tqdm import tqdm
 
 from atlas import run_folder as rf
-from atlas.config import Config, TrainConfig
+from atlas.config import Config, SplitConfig, TrainConfig
 from atlas.errors import UserError
 from atlas.fileio import atomic_dir, save_npz, write_json
 from training import checkpoint
@@ -114,7 +114,8 @@ def split(cfg: Config, run: str | Path | rf.Run, *, resume: bool = False, progre
         f"{100 * c['sparsity']:g} % {100 * c['accuracy']:.2f}" for c in teacher_side["sparsity_curve"]))
     shape = list(data.info.input_shape)
     arch_a = make_arch(NODES_A, shape, data.info.num_classes, {"nodes": cfg.split.nodes_a})
-    arch_b = make_arch(NODES_B, shape, data.info.num_classes, {"nodes": cfg.split.nodes_b})
+    arch_b = make_arch(NODES_B, shape, data.info.num_classes,
+                       {"nodes": cfg.split.nodes_b, "channels": list(cfg.split.b_channels)})
     seeds, kept = [], None
     for k in range(cfg.split.seeds):
         seed = cfg.seed + k
@@ -153,6 +154,9 @@ def _check_options(cfg: Config) -> None:
     for name in ("nodes_a", "nodes_b", "seeds"):
         if getattr(s, name) < 1:
             raise UserError(f"split.{name} must be >= 1 (got {getattr(s, name)})")
+    if len(s.b_channels) != 2 or min(s.b_channels) < 1:
+        raise UserError(f"split.b_channels must be two channel counts >= 1, LeNet-B's two conv layers (default "
+                        f"6,16; a larger B, e.g. 16,32); got {s.b_channels}")
     for name in ("fc_epochs", "joint_epochs"):
         if getattr(s, name) < 0:
             raise UserError(f"split.{name} must be >= 0 (got {getattr(s, name)})")
@@ -269,14 +273,16 @@ def load_seed(path: Path) -> dict:
 
 
 def check_same_settings(state_path: Path, kept: dict, now: dict) -> None:
-    """One line naming what differs between a kept seed's settings and the config's, or nothing."""
+    """One line naming what differs between a kept seed's settings and the config's, or nothing. A [split] key
+    added since the seed was kept counts with its default (as train --resume reads an older config.json)."""
     def flat(d: dict, prefix: str = "") -> dict:
         out = {}
         for k, v in d.items():
             out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) and k != "model_args" else {prefix + k: v})
         return out
 
-    a, b = flat(kept), flat(now)
+    defaults = {k: v for k, v in dataclasses.asdict(SplitConfig()).items() if k not in LINK_ONLY}
+    a, b = flat({**kept, "split": {**defaults, **kept.get("split", {})}}), flat(now)
     diffs = [f"{k} {a.get(k, '(unset)')} -> {b.get(k, '(unset)')}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
     if diffs:
         shown = "; ".join("teacher.pt changed" if d.startswith("teacher_sha256") else d for d in diffs[:4])
