@@ -32,7 +32,7 @@ from torch import nn
 from tqdm import tqdm
 
 from atlas import run_folder as rf
-from atlas.config import Config, SplitConfig, TrainConfig
+from atlas.config import Config, TrainConfig
 from atlas.errors import UserError
 from atlas.fileio import atomic_dir, save_npz, write_json
 from training import checkpoint
@@ -255,11 +255,22 @@ def sparsity_curve(h: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor, 
 def seed_settings(cfg: Config, teacher_path: Path) -> dict:
     """What a seed's students depend on: the teacher's bytes and every setting the recipe reads. A seed kept by
     --resume must have been trained with these, or the record would mix two recipes."""
+    return {"teacher_sha256": hashlib.sha256(teacher_path.read_bytes()).hexdigest(), **recipe_settings(cfg)}
+
+
+def recipe_settings(cfg: Config) -> dict:
     d = cfg.to_dict()
-    return {"teacher_sha256": hashlib.sha256(teacher_path.read_bytes()).hexdigest(), "seed": cfg.seed,
-            "data": d["data"], "student": d["student"], "distill": d["distill"],
+    return {"seed": cfg.seed, "data": d["data"], "student": d["student"], "distill": d["distill"],
             "compress.pmw_strength": cfg.compress.pmw_strength,
             "split": {k: v for k, v in d["split"].items() if k not in LINK_ONLY}}
+
+
+def with_defaults(settings: dict) -> dict:
+    """Kept settings with every setting added since they were written at its default (as train --resume reads an
+    older config.json), so a seed or baseline kept by an earlier atlas-kd still matches its own recipe."""
+    defaults = recipe_settings(Config())
+    return {**defaults, **{k: {**defaults[k], **v} if isinstance(defaults.get(k), dict) else v
+                           for k, v in settings.items()}}
 
 
 def load_seed(path: Path) -> dict:
@@ -273,16 +284,14 @@ def load_seed(path: Path) -> dict:
 
 
 def check_same_settings(state_path: Path, kept: dict, now: dict) -> None:
-    """One line naming what differs between a kept seed's settings and the config's, or nothing. A [split] key
-    added since the seed was kept counts with its default (as train --resume reads an older config.json)."""
+    """One line naming what differs between a kept seed's settings and the config's, or nothing (with_defaults)."""
     def flat(d: dict, prefix: str = "") -> dict:
         out = {}
         for k, v in d.items():
             out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) and k != "model_args" else {prefix + k: v})
         return out
 
-    defaults = {k: v for k, v in dataclasses.asdict(SplitConfig()).items() if k not in LINK_ONLY}
-    a, b = flat({**kept, "split": {**defaults, **kept.get("split", {})}}), flat(now)
+    a, b = flat(with_defaults(kept)), flat(with_defaults(now))
     diffs = [f"{k} {a.get(k, '(unset)')} -> {b.get(k, '(unset)')}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
     if diffs:
         shown = "; ".join("teacher.pt changed" if d.startswith("teacher_sha256") else d for d in diffs[:4])
@@ -392,7 +401,7 @@ def kept_baselines(path: Path | None, key: dict | None, log) -> dict | None:
         kept = checkpoint.load(path, expect_format=BASELINE_FORMAT)
     except UserError:
         return None
-    if kept.get("settings") != key:
+    if with_defaults(kept.get("settings") or {}) != with_defaults(key):
         return None
     log(f"split: A's baselines for seed {key['baseline_seed']} reused from {path} (same teacher, data, student, "
         f"distill and nodes_a)")
